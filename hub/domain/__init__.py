@@ -1,0 +1,1 @@
+"""Pure domain: events, states, routing and delivery decisions. Imports no framework."""
