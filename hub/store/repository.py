@@ -1,0 +1,804 @@
+"""Every database operation of the hub, on SQLite and PostgreSQL.
+
+Claims take rows with a lease that expires, so a dead worker's rows are taken over:
+PostgreSQL claims with ``FOR UPDATE SKIP LOCKED``; SQLite (which compiles that away
+silently, stack.md §2.4) claims with one ``UPDATE … RETURNING`` inside ``BEGIN IMMEDIATE``.
+Every state change checks the lease owner, so a worker whose lease expired cannot
+overwrite what its successor recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
+
+from hub.domain.model import (
+    DeliveryState,
+    Enrolment,
+    EventState,
+    MessageState,
+    PersonId,
+    RawMessage,
+    StoredMessage,
+)
+from hub.domain.privacy import safe_error_text
+from hub.store.db import Database
+from hub.store.tables import (
+    Delivery,
+    DeliveryAttempt,
+    DestinationStatus,
+    Device,
+    EventRecord,
+    Journal,
+)
+
+J: Table = Journal.__table__  # type: ignore[attr-defined]
+E: Table = EventRecord.__table__  # type: ignore[attr-defined]
+D: Table = Delivery.__table__  # type: ignore[attr-defined]
+A: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
+DEV: Table = Device.__table__  # type: ignore[attr-defined]
+DS: Table = DestinationStatus.__table__  # type: ignore[attr-defined]
+
+# Deliveries of messages accepted after a message still being processed wait for it, so
+# per-key order holds with several processors; a message stuck longer than this stops
+# holding others back (it is failing visibly on its own).
+ORDER_BARRIER_SECONDS = 10.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_db(value: datetime) -> datetime:
+    """Aware UTC, as SQLModel's UTCDateTime columns require (naive means UTC here)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def from_db(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    id: int
+    duplicate: bool
+    same_body: bool = True  # False: the dedup key was reused for a different body
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    destination: str
+    priority: int
+    order_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    seq: int
+    source: str
+    business_key: str
+    kind: str
+    category: str
+    code: str | None
+    device_id: str
+    occurred_at: datetime
+    priority: int
+    snapshot: bool
+    state: EventState
+    summary: Mapping[str, Any]
+    filtered_by: str | None = None
+    bundle_id: str | None = None
+    payload: str | None = None
+    deliveries: Sequence[PlannedDelivery] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessageOutcome:
+    """What processing decided for one message, written atomically."""
+
+    message_id: int
+    state: MessageState
+    reason: str | None = None
+    events: Sequence[PlannedEvent] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    id: int
+    message_id: int
+    event_id: int
+    destination: str
+    priority: int
+    attempt: int
+    bundle_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    delivery_id: int
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    outcome: str
+    status_code: int | None
+    detail: str | None
+    retry_after: float | None
+    new_state: DeliveryState
+    not_before: datetime
+    escalate: bool = False
+    pause_until: datetime | None = None
+
+
+@dataclass
+class StatusReport:
+    messages: dict[str, int] = field(default_factory=dict)
+    deliveries: dict[str, dict[str, int]] = field(default_factory=dict)
+    oldest_pending_seconds: dict[str, float] = field(default_factory=dict)
+    escalated: dict[str, int] = field(default_factory=dict)
+    paused: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oldest_unprocessed_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "deliveries": self.deliveries,
+            "oldest_pending_seconds": self.oldest_pending_seconds,
+            "oldest_unprocessed_seconds": self.oldest_unprocessed_seconds,
+            "escalated": self.escalated,
+            "paused": self.paused,
+        }
+
+
+class Repository:
+    """The hub's persistence: one instance per process, safe to use from many threads."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
+
+    # ---------------------------------------------------------------------------------
+    # Intake
+    # ---------------------------------------------------------------------------------
+
+    def insert_messages(self, raws: Sequence[RawMessage]) -> list[IntakeResult]:
+        """Journal a batch in one transaction (group commit); duplicates create nothing.
+
+        Returns only after the commit returned, i.e. after the fsync.
+        """
+        now = utcnow()
+        results: list[IntakeResult] = []
+        with self.db.engine.begin() as conn:
+            for raw in raws:
+                digest = hashlib.sha256(raw.body).hexdigest()
+                stmt = (
+                    self._insert(J)
+                    .values(
+                        source=raw.source,
+                        dedup_key=raw.dedup_key,
+                        body_sha256=digest,
+                        content_type=raw.content_type,
+                        body=raw.body,
+                        transport=json.dumps(dict(raw.transport), sort_keys=True),
+                        received_at=to_db(raw.received_at),
+                        state=MessageState.RECEIVED.value,
+                        attempts=0,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=["source", "dedup_key"])
+                    .returning(J.c.id)
+                )
+                new_id = conn.execute(stmt).scalar()
+                if new_id is not None:
+                    results.append(IntakeResult(int(new_id), duplicate=False))
+                    continue
+                row = conn.execute(
+                    select(J.c.id, J.c.body_sha256).where(
+                        J.c.source == raw.source, J.c.dedup_key == raw.dedup_key
+                    )
+                ).one()
+                results.append(IntakeResult(int(row.id), True, row.body_sha256 == digest))
+        return results
+
+    # ---------------------------------------------------------------------------------
+    # Processing
+    # ---------------------------------------------------------------------------------
+
+    def release_all_leases(self) -> None:
+        """At start-up on SQLite (one owning process): leases of a killed predecessor are
+        void at once, so work resumes immediately instead of after the lease time."""
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(J)
+                .where(J.c.state == MessageState.PROCESSING.value)
+                .values(state=MessageState.RECEIVED.value, lease_owner=None,
+                        lease_until=None, updated_at=now)
+            )
+            conn.execute(
+                update(D)
+                .where(D.c.state == DeliveryState.LEASED.value)
+                .values(state=DeliveryState.PENDING.value, lease_owner=None,
+                        lease_until=None, updated_at=now)
+            )
+
+    def has_received(self) -> bool:
+        with self.db.read_engine.connect() as conn:
+            return conn.execute(
+                select(J.c.id).where(J.c.state == MessageState.RECEIVED.value).limit(1)
+            ).first() is not None
+
+    def claim_messages(
+        self, worker: str, limit: int, lease_seconds: float, max_attempts: int
+    ) -> list[StoredMessage]:
+        """Lease up to `limit` received messages, oldest first.
+
+        A message claimed more than `max_attempts` times (its processing kept crashing)
+        is failed instead, with the reason kept.
+        """
+        now = utcnow()
+        until = now + timedelta(seconds=lease_seconds)
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(J)
+                .where(J.c.state == MessageState.PROCESSING.value, J.c.lease_until < now)
+                .values(state=MessageState.RECEIVED.value, lease_owner=None, lease_until=None,
+                        updated_at=now)
+            )
+            candidates = (
+                select(J.c.id)
+                .where(J.c.state == MessageState.RECEIVED.value)
+                .order_by(J.c.id)
+                .limit(limit)
+            )
+            if not self.db.is_sqlite:
+                candidates = candidates.with_for_update(skip_locked=True)
+            rows = conn.execute(
+                update(J)
+                .where(J.c.id.in_(candidates.scalar_subquery()))
+                .values(state=MessageState.PROCESSING.value, lease_owner=worker,
+                        lease_until=until, attempts=J.c.attempts + 1, updated_at=now)
+                .returning(J.c.id, J.c.source, J.c.dedup_key, J.c.content_type, J.c.body,
+                           J.c.received_at, J.c.transport, J.c.attempts)
+            ).all()
+            claimed = []
+            for row in sorted(rows, key=lambda r: r.id):
+                if row.attempts > max_attempts:
+                    conn.execute(
+                        update(J).where(J.c.id == row.id).values(
+                            state=MessageState.FAILED.value,
+                            state_reason=f"processing did not complete in {max_attempts} "
+                            "attempts (the worker crashed or hung each time); fix the cause "
+                            "and run `tryggbro reprocess`",
+                            lease_owner=None, lease_until=None, updated_at=now,
+                        )
+                    )
+                    continue
+                claimed.append(
+                    StoredMessage(
+                        id=row.id, source=row.source, dedup_key=row.dedup_key,
+                        content_type=row.content_type, body=bytes(row.body),
+                        received_at=from_db(row.received_at) or row.received_at,
+                        transport=json.loads(row.transport or "{}"), attempts=row.attempts,
+                    )
+                )
+        return claimed
+
+    def newer_snapshot_exists(self, source: str, business_key: str, occurred_at: datetime,
+                              exclude_message: int) -> bool:
+        """Whether a routed snapshot event about the same thing is newer than this one."""
+        with self.db.read_engine.connect() as conn:
+            return conn.execute(
+                select(E.c.id).where(
+                    E.c.source == source,
+                    E.c.business_key == business_key,
+                    E.c.snapshot.is_(True),
+                    E.c.state == EventState.ROUTED.value,
+                    E.c.occurred_at > to_db(occurred_at),
+                    E.c.journal_id != exclude_message,
+                ).limit(1)
+            ).first() is not None
+
+    def save_outcomes(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
+        """Write each message's events, deliveries and new state atomically (a savepoint
+        per message inside one transaction). Returns ids whose lease was lost (skipped)."""
+        now = utcnow()
+        lost: list[int] = []
+        with self.db.engine.begin() as conn:
+            for outcome in outcomes:
+                savepoint = conn.begin_nested()
+                try:
+                    if not self._save_outcome(conn, worker, outcome, now):
+                        lost.append(outcome.message_id)
+                        savepoint.rollback()
+                        continue
+                    savepoint.commit()
+                except Exception as exc:
+                    savepoint.rollback()
+                    self._fail_message(conn, worker, outcome.message_id,
+                                       f"storing the processing result failed: "
+                                       f"{type(exc).__name__}: {exc}", now)
+        return lost
+
+    def _save_outcome(self, conn: Connection, worker: str, outcome: MessageOutcome,
+                      now: datetime) -> bool:
+        res = conn.execute(
+            update(J)
+            .where(J.c.id == outcome.message_id, J.c.state == MessageState.PROCESSING.value,
+                   J.c.lease_owner == worker)
+            .values(state=outcome.state.value,
+                    state_reason=safe_error_text(outcome.reason) if outcome.reason else None,
+                    processed_at=now, lease_owner=None, lease_until=None, updated_at=now)
+        )
+        if res.rowcount != 1:
+            return False
+        conn.execute(delete(E).where(E.c.journal_id == outcome.message_id))
+        for ev in outcome.events:
+            event_id = conn.execute(
+                insert(E).values(
+                    journal_id=outcome.message_id, seq=ev.seq, source=ev.source,
+                    business_key=ev.business_key, kind=ev.kind, category=ev.category,
+                    code=ev.code, device_id=ev.device_id, occurred_at=to_db(ev.occurred_at),
+                    priority=ev.priority, snapshot=ev.snapshot, state=ev.state.value,
+                    filtered_by=ev.filtered_by, bundle_id=ev.bundle_id, payload=ev.payload,
+                    summary=json.dumps(ev.summary, sort_keys=True, default=str),
+                ).returning(E.c.id)
+            ).scalar_one()
+            for d in ev.deliveries:
+                conn.execute(
+                    insert(D).values(
+                        event_id=event_id, journal_id=outcome.message_id,
+                        destination=d.destination, order_key=d.order_key,
+                        priority=d.priority, state=DeliveryState.PENDING.value, attempts=0,
+                        not_before=now, escalated=False, created_at=now, updated_at=now,
+                    )
+                )
+        return True
+
+    def _fail_message(self, conn: Connection, worker: str, message_id: int, reason: str,
+                      now: datetime) -> None:
+        conn.execute(
+            update(J)
+            .where(J.c.id == message_id, J.c.lease_owner == worker)
+            .values(state=MessageState.FAILED.value, state_reason=safe_error_text(reason),
+                    lease_owner=None, lease_until=None, updated_at=now)
+        )
+
+    # ---------------------------------------------------------------------------------
+    # Dispatch
+    # ---------------------------------------------------------------------------------
+
+    def paused_until(self, destination: str) -> datetime | None:
+        with self.db.read_engine.connect() as conn:
+            value = conn.execute(
+                select(DS.c.paused_until).where(DS.c.name == destination)
+            ).scalar()
+        if value is None or value <= utcnow():
+            return None
+        return from_db(value)
+
+    def has_due(self, destination: str) -> bool:
+        """Cheap read-only probe so an idle dispatcher does not take the write lock."""
+        now = utcnow()
+        with self.db.read_engine.connect() as conn:
+            due = conn.execute(
+                select(D.c.id).where(
+                    D.c.destination == destination,
+                    or_(
+                        and_(D.c.state == DeliveryState.PENDING.value, D.c.not_before <= now),
+                        and_(D.c.state == DeliveryState.LEASED.value, D.c.lease_until < now),
+                    ),
+                ).limit(1)
+            ).first()
+        return due is not None
+
+    def claim_deliveries(
+        self, destination: str, worker: str, limit: int, lease_seconds: float
+    ) -> list[ClaimedDelivery]:
+        """Lease due deliveries of one destination: highest priority first, and at most
+        one in flight per order key, the oldest (key_strict_fifo, reliability.md §1.2)."""
+        now = utcnow()
+        until = now + timedelta(seconds=lease_seconds)
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                update(D)
+                .where(D.c.destination == destination,
+                       D.c.state == DeliveryState.LEASED.value, D.c.lease_until < now)
+                .values(state=DeliveryState.PENDING.value, lease_owner=None, lease_until=None,
+                        updated_at=now)
+            )
+            barrier = conn.execute(
+                select(func.min(J.c.id)).where(
+                    J.c.state.in_([MessageState.RECEIVED.value, MessageState.PROCESSING.value]),
+                    J.c.received_at > now - timedelta(seconds=ORDER_BARRIER_SECONDS),
+                )
+            ).scalar()
+            earlier = aliased(D)
+            blocked = exists().where(
+                earlier.c.destination == D.c.destination,
+                earlier.c.order_key == D.c.order_key,
+                earlier.c.state.in_([DeliveryState.PENDING.value, DeliveryState.LEASED.value]),
+                or_(earlier.c.journal_id < D.c.journal_id,
+                    and_(earlier.c.journal_id == D.c.journal_id, earlier.c.id < D.c.id)),
+            )
+            conditions = [
+                D.c.destination == destination,
+                D.c.state == DeliveryState.PENDING.value,
+                D.c.not_before <= now,
+                ~blocked,
+            ]
+            if barrier is not None:
+                conditions.append(D.c.journal_id < barrier)
+            candidates = (
+                select(D.c.id).where(*conditions)
+                .order_by(D.c.priority.desc(), D.c.journal_id, D.c.id)
+                .limit(limit)
+            )
+            if not self.db.is_sqlite:
+                candidates = candidates.with_for_update(skip_locked=True, of=D)
+            rows = conn.execute(
+                update(D)
+                .where(D.c.id.in_(candidates.scalar_subquery()))
+                .values(state=DeliveryState.LEASED.value, lease_owner=worker,
+                        lease_until=until, attempts=D.c.attempts + 1, updated_at=now)
+                .returning(D.c.id, D.c.journal_id, D.c.event_id, D.c.priority, D.c.attempts)
+            ).all()
+            if not rows:
+                return []
+            payloads = {
+                r.id: r for r in conn.execute(
+                    select(E.c.id, E.c.bundle_id, E.c.payload)
+                    .where(E.c.id.in_([r.event_id for r in rows]))
+                ).all()
+            }
+        claimed = [
+            ClaimedDelivery(
+                id=r.id, message_id=r.journal_id, event_id=r.event_id,
+                destination=destination, priority=r.priority, attempt=r.attempts,
+                bundle_id=payloads[r.event_id].bundle_id or "",
+                payload=(payloads[r.event_id].payload or "").encode(),
+            )
+            for r in rows
+        ]
+        return sorted(claimed, key=lambda c: (-c.priority, c.message_id, c.id))
+
+    def record_attempts(self, worker: str, destination: str,
+                        records: Sequence[AttemptRecord]) -> list[int]:
+        """Record outcomes and new states; returns delivery ids whose lease was lost."""
+        now = utcnow()
+        lost: list[int] = []
+        pause: AttemptRecord | None = None
+        delivered_any = False
+        with self.db.engine.begin() as conn:
+            for r in records:
+                values: dict[str, Any] = {
+                    "state": r.new_state.value,
+                    "not_before": to_db(r.not_before),
+                    "last_error": safe_error_text(r.detail) if r.detail and
+                    r.new_state is not DeliveryState.DELIVERED else None,
+                    "last_status": r.status_code,
+                    "lease_owner": None,
+                    "lease_until": None,
+                    "updated_at": now,
+                }
+                if r.escalate:
+                    values["escalated"] = True
+                if r.new_state is DeliveryState.DELIVERED:
+                    values["delivered_at"] = to_db(r.finished_at)
+                    delivered_any = True
+                res = conn.execute(
+                    update(D)
+                    .where(D.c.id == r.delivery_id, D.c.state == DeliveryState.LEASED.value,
+                           D.c.lease_owner == worker)
+                    .values(**values)
+                )
+                if res.rowcount != 1:
+                    lost.append(r.delivery_id)
+                conn.execute(
+                    insert(A).values(
+                        delivery_id=r.delivery_id, number=r.attempt, worker=worker,
+                        started_at=to_db(r.started_at), finished_at=to_db(r.finished_at),
+                        outcome=r.outcome, status_code=r.status_code,
+                        detail=safe_error_text(r.detail) if r.detail else None,
+                        retry_after=r.retry_after,
+                    )
+                )
+                if r.pause_until is not None:
+                    pause = r
+            if pause is not None and pause.pause_until is not None:
+                self._upsert_pause(conn, destination, to_db(pause.pause_until),
+                                   safe_error_text(pause.detail or "paused"), now)
+            elif delivered_any:
+                conn.execute(update(DS).where(DS.c.name == destination)
+                             .values(paused_until=None, reason=None, updated_at=now))
+        return lost
+
+    def _upsert_pause(self, conn: Connection, destination: str, until: datetime, reason: str,
+                      now: datetime) -> None:
+        stmt = self._insert(DS).values(name=destination, paused_until=until, reason=reason,
+                                       updated_at=now)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"paused_until": until, "reason": reason, "updated_at": now},
+        ))
+
+    # ---------------------------------------------------------------------------------
+    # Operators
+    # ---------------------------------------------------------------------------------
+
+    def retry_delivery(self, delivery_id: int) -> str:
+        """Make a dead or backing-off delivery due now. Returns what happened."""
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            state = conn.execute(select(D.c.state).where(D.c.id == delivery_id)).scalar()
+            if state is None:
+                return "not-found"
+            if state == DeliveryState.DELIVERED.value:
+                return "already-delivered"
+            if state == DeliveryState.LEASED.value:
+                return "in-flight"
+            conn.execute(update(D).where(D.c.id == delivery_id).values(
+                state=DeliveryState.PENDING.value, not_before=now, escalated=False,
+                updated_at=now))
+        return "retrying"
+
+    def retry_all_dead(self, destination: str | None = None) -> int:
+        now = utcnow()
+        cond = [D.c.state == DeliveryState.DEAD.value]
+        if destination:
+            cond.append(D.c.destination == destination)
+        with self.db.engine.begin() as conn:
+            res = conn.execute(update(D).where(*cond).values(
+                state=DeliveryState.PENDING.value, not_before=now, escalated=False,
+                updated_at=now))
+        return int(res.rowcount)
+
+    def reprocess(self, message_id: int) -> str:
+        """Put a failed, unmatched or filtered message back to be processed again."""
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            state = conn.execute(select(J.c.state).where(J.c.id == message_id)).scalar()
+            if state is None:
+                return "not-found"
+            allowed = {MessageState.FAILED.value, MessageState.UNMATCHED.value,
+                       MessageState.FILTERED.value}
+            if state not in allowed:
+                return f"state-{state}"
+            conn.execute(delete(E).where(E.c.journal_id == message_id))
+            conn.execute(update(J).where(J.c.id == message_id).values(
+                state=MessageState.RECEIVED.value, state_reason=None, attempts=0,
+                processed_at=None, updated_at=now))
+        return "queued"
+
+    def requeue_unmatched(self, source: str) -> int:
+        """After an enrolment: unmatched messages of the source are tried again."""
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            ids = [r for (r,) in conn.execute(select(J.c.id).where(
+                J.c.source == source, J.c.state == MessageState.UNMATCHED.value)).all()]
+            if ids:
+                conn.execute(delete(E).where(E.c.journal_id.in_(ids)))
+                conn.execute(update(J).where(J.c.id.in_(ids)).values(
+                    state=MessageState.RECEIVED.value, state_reason=None, attempts=0,
+                    updated_at=now))
+        return len(ids)
+
+    def status(self) -> StatusReport:
+        now = utcnow()
+        report = StatusReport()
+        with self.db.read_engine.connect() as conn:
+            for state, n in conn.execute(select(J.c.state, func.count()).group_by(J.c.state)):
+                report.messages[state] = int(n)
+            for dest, state, n in conn.execute(
+                select(D.c.destination, D.c.state, func.count())
+                .group_by(D.c.destination, D.c.state)
+            ):
+                report.deliveries.setdefault(dest, {})[state] = int(n)
+            for dest, oldest in conn.execute(
+                select(D.c.destination, func.min(D.c.created_at))
+                .where(D.c.state.in_([DeliveryState.PENDING.value, DeliveryState.LEASED.value]))
+                .group_by(D.c.destination)
+            ):
+                report.oldest_pending_seconds[dest] = max(0.0, (now - oldest).total_seconds())
+            for dest, n in conn.execute(
+                select(D.c.destination, func.count())
+                .where(D.c.escalated.is_(True), D.c.state != DeliveryState.DELIVERED.value)
+                .group_by(D.c.destination)
+            ):
+                report.escalated[dest] = int(n)
+            for name, until, reason in conn.execute(
+                select(DS.c.name, DS.c.paused_until, DS.c.reason)
+                .where(DS.c.paused_until > now)
+            ):
+                report.paused[name] = {"until": from_db(until), "reason": reason}
+            oldest = conn.execute(select(func.min(J.c.received_at)).where(
+                J.c.state.in_([MessageState.RECEIVED.value, MessageState.PROCESSING.value])
+            )).scalar()
+            if oldest is not None:
+                report.oldest_unprocessed_seconds = max(0.0, (now - oldest).total_seconds())
+        return report
+
+    def search_messages(
+        self, *, source: str | None = None, dedup_key: str | None = None,
+        state: str | None = None, since: datetime | None = None,
+        until: datetime | None = None, limit: int = 50, before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        cond = []
+        if source:
+            cond.append(J.c.source == source)
+        if dedup_key:
+            cond.append(J.c.dedup_key == dedup_key)
+        if state:
+            cond.append(J.c.state == state)
+        if since:
+            cond.append(J.c.received_at >= to_db(since))
+        if until:
+            cond.append(J.c.received_at < to_db(until))
+        if before_id:
+            cond.append(J.c.id < before_id)
+        with self.db.read_engine.connect() as conn:
+            rows = conn.execute(
+                select(J.c.id, J.c.source, J.c.dedup_key, J.c.state, J.c.state_reason,
+                       J.c.received_at, J.c.processed_at)
+                .where(*cond).order_by(J.c.id.desc()).limit(limit)
+            ).all()
+            counts: dict[int, dict[str, int]] = {}
+            if rows:
+                for jid, st, n in conn.execute(
+                    select(D.c.journal_id, D.c.state, func.count())
+                    .where(D.c.journal_id.in_([r.id for r in rows]))
+                    .group_by(D.c.journal_id, D.c.state)
+                ):
+                    counts.setdefault(jid, {})[st] = int(n)
+        return [
+            {
+                "id": r.id, "source": r.source, "dedup_key": r.dedup_key, "state": r.state,
+                "reason": r.state_reason, "received_at": from_db(r.received_at),
+                "processed_at": from_db(r.processed_at), "deliveries": counts.get(r.id, {}),
+            }
+            for r in rows
+        ]
+
+    def message_trace(self, message_id: int, include_body: bool = False) -> dict[str, Any] | None:
+        """One message through every stage: journal, events, deliveries, attempts."""
+        with self.db.read_engine.connect() as conn:
+            j = conn.execute(select(J).where(J.c.id == message_id)).first()
+            if j is None:
+                return None
+            events = conn.execute(
+                select(E.c.id, E.c.seq, E.c.kind, E.c.category, E.c.code, E.c.device_id,
+                       E.c.occurred_at, E.c.priority, E.c.state, E.c.filtered_by,
+                       E.c.bundle_id, E.c.business_key)
+                .where(E.c.journal_id == message_id).order_by(E.c.seq)
+            ).all()
+            deliveries = conn.execute(
+                select(D).where(D.c.journal_id == message_id).order_by(D.c.id)
+            ).all()
+            attempts: dict[int, list[dict[str, Any]]] = {}
+            if deliveries:
+                for a in conn.execute(
+                    select(A).where(A.c.delivery_id.in_([d.id for d in deliveries]))
+                    .order_by(A.c.id)
+                ).all():
+                    attempts.setdefault(a.delivery_id, []).append({
+                        "number": a.number, "worker": a.worker,
+                        "started_at": from_db(a.started_at),
+                        "finished_at": from_db(a.finished_at), "outcome": a.outcome,
+                        "status_code": a.status_code, "detail": a.detail,
+                        "retry_after": a.retry_after,
+                    })
+        trace: dict[str, Any] = {
+            "id": j.id, "source": j.source, "dedup_key": j.dedup_key,
+            "content_type": j.content_type, "body_sha256": j.body_sha256,
+            "body_bytes": len(j.body), "received_at": from_db(j.received_at),
+            "transport": json.loads(j.transport or "{}"), "state": j.state,
+            "reason": j.state_reason, "processing_attempts": j.attempts,
+            "processed_at": from_db(j.processed_at),
+            "events": [
+                {"id": e.id, "seq": e.seq, "kind": e.kind, "category": e.category,
+                 "code": e.code, "device_id": e.device_id,
+                 "occurred_at": from_db(e.occurred_at), "priority": e.priority,
+                 "state": e.state, "filtered_by": e.filtered_by, "bundle_id": e.bundle_id,
+                 "business_key": e.business_key}
+                for e in events
+            ],
+            "deliveries": [
+                {"id": d.id, "event_id": d.event_id, "destination": d.destination,
+                 "state": d.state, "priority": d.priority, "attempts": d.attempts,
+                 "not_before": from_db(d.not_before), "last_error": d.last_error,
+                 "last_status": d.last_status, "escalated": d.escalated,
+                 "created_at": from_db(d.created_at), "delivered_at": from_db(d.delivered_at),
+                 "attempt_log": attempts.get(d.id, [])}
+                for d in deliveries
+            ],
+        }
+        if include_body:
+            trace["body"] = bytes(j.body).decode("utf-8", errors="replace")
+        return trace
+
+    def event_payloads(self, message_id: int) -> list[tuple[int, str | None]]:
+        with self.db.read_engine.connect() as conn:
+            return [(int(s), p) for s, p in conn.execute(
+                select(E.c.seq, E.c.payload).where(E.c.journal_id == message_id)
+                .order_by(E.c.seq)
+            ).all()]
+
+    # ---------------------------------------------------------------------------------
+    # Device registry (minimal; the full registry with legal basis comes later)
+    # ---------------------------------------------------------------------------------
+
+    def enrol_device(self, enrolment: Enrolment, valid_from: datetime,
+                     valid_to: datetime | None = None) -> None:
+        now = utcnow()
+        values = {
+            "patient_system": enrolment.patient.system,
+            "patient_value": enrolment.patient.value,
+            "municipality": enrolment.municipality,
+            "organisation": enrolment.organisation,
+            "care_team": enrolment.care_team,
+            "valid_from": to_db(valid_from),
+            "valid_to": to_db(valid_to) if valid_to else None,
+        }
+        stmt = self._insert(DEV).values(source=enrolment.source, device_id=enrolment.device_id,
+                                        created_at=now, **values)
+        with self.db.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["source", "device_id"],
+                                                    set_=values))
+
+    def lookup_device(self, source: str, device_id: str, at: datetime) -> Enrolment | None:
+        at_db = to_db(at)
+        with self.db.read_engine.connect() as conn:
+            row = conn.execute(
+                select(DEV).where(
+                    DEV.c.source == source, DEV.c.device_id == device_id,
+                    DEV.c.valid_from <= at_db,
+                    or_(DEV.c.valid_to.is_(None), DEV.c.valid_to > at_db),
+                )
+            ).first()
+        if row is None:
+            return None
+        return Enrolment(
+            source=row.source, device_id=row.device_id,
+            patient=PersonId(row.patient_system, row.patient_value),
+            municipality=row.municipality, organisation=row.organisation,
+            care_team=row.care_team,
+        )
+
+    def list_devices(self, source: str | None = None) -> list[dict[str, Any]]:
+        with self.db.read_engine.connect() as conn:
+            stmt = select(DEV).order_by(DEV.c.source, DEV.c.device_id)
+            if source:
+                stmt = stmt.where(DEV.c.source == source)
+            return [
+                {"source": r.source, "device_id": r.device_id,
+                 "patient_system": r.patient_system, "municipality": r.municipality,
+                 "organisation": r.organisation, "care_team": r.care_team,
+                 "valid_from": from_db(r.valid_from), "valid_to": from_db(r.valid_to)}
+                for r in conn.execute(stmt).all()
+            ]
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
