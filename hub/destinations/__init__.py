@@ -1,0 +1,1 @@
+"""Destination plugins: where deliveries go (FHIR REST, folder; VKP, JFT, PMD, MLLP later)."""

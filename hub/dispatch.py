@@ -1,0 +1,149 @@
+"""Dispatch: deliveries leave through their destination plugins.
+
+One dispatcher per destination, so a slow or failing destination never delays another.
+It leases due deliveries (alarms first, one in flight per order key), sends them
+concurrently, and records each outcome with the delivery's next state (see
+`hub.domain.delivery`). Alarms are never given up on for transient errors: they keep
+retrying with a short cap, and escalate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from hub.config import DestinationSettings
+from hub.contracts import Destination
+from hub.domain.delivery import RetryPolicy, next_transition
+from hub.domain.model import DeliveryState, OutboundDelivery, Outcome, OutcomeKind, is_alarm
+from hub.domain.privacy import safe_error_text
+from hub.faults import crashpoint
+from hub.logging import bound_message, get_logger
+from hub.store.repository import AttemptRecord, ClaimedDelivery, Repository
+
+log = get_logger("hub.dispatch")
+
+
+def policy_from(settings: DestinationSettings) -> RetryPolicy:
+    r = settings.retry
+    return RetryPolicy(
+        base_seconds=r.base_seconds, cap_seconds=r.cap_seconds,
+        alarm_cap_seconds=r.alarm_cap_seconds, max_attempts=r.max_attempts,
+        escalate_after_attempts=r.escalate_after_attempts, pause_seconds=r.pause_seconds,
+    )
+
+
+class Dispatcher:
+    def __init__(self, name: str, destination: Destination, repo: Repository,
+                 settings: DestinationSettings, worker: str, hook: Any,
+                 rng: random.Random | None = None) -> None:
+        self.name = name
+        self.destination = destination
+        self.repo = repo
+        self.settings = settings
+        self.policy = policy_from(settings)
+        self.worker = worker
+        self.hook = hook
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._limit = asyncio.Semaphore(settings.concurrency)
+
+    async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        """Deliver until `stop` is set; wake early when new deliveries are planned."""
+        while not stop.is_set():
+            try:
+                sent = await self.run_once()
+            except Exception:
+                log.exception("dispatch round failed; retrying", destination=self.name)
+                sent = 0
+            if sent >= self.settings.batch_size:
+                continue  # more is probably waiting
+            wake.clear()
+            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
+            _, pending = await asyncio.wait(waiters, timeout=self.settings.poll_seconds,
+                                            return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+
+    async def run_once(self) -> int:
+        """One round: claim, send, record. Returns the number of deliveries attempted."""
+        if await asyncio.to_thread(self.repo.paused_until, self.name) is not None:
+            return 0
+        if not await asyncio.to_thread(self.repo.has_due, self.name):
+            return 0
+        claimed = await asyncio.to_thread(
+            self.repo.claim_deliveries, self.name, self.worker, self.settings.batch_size,
+            self.settings.lease_seconds)
+        if not claimed:
+            return 0
+        crashpoint("after_claim")
+        results = await asyncio.gather(*(self._send(c) for c in claimed))
+        crashpoint("after_send_before_mark")
+        await self._record(claimed, results)
+        return len(claimed)
+
+    async def _send(self, claimed: ClaimedDelivery) -> tuple[Outcome, datetime, datetime]:
+        delivery = OutboundDelivery(
+            id=claimed.id, message_id=claimed.message_id, destination=self.name,
+            payload=claimed.payload, bundle_id=claimed.bundle_id, priority=claimed.priority,
+            attempt=claimed.attempt,
+        )
+        async with self._limit:
+            started = datetime.now(UTC)
+            try:
+                outcome = await self.destination.send(delivery)
+            except Exception as exc:  # a plugin bug must not lose the delivery
+                outcome = Outcome.retry(safe_error_text(f"{type(exc).__name__}: {exc}"))
+            if not isinstance(outcome, Outcome):  # plugins are not type-checked
+                outcome = Outcome.retry(  # type: ignore[unreachable]
+                    f"destination returned {type(outcome).__name__}")
+            return outcome, started, datetime.now(UTC)
+
+    async def _record(self, claimed: Sequence[ClaimedDelivery],
+                      results: Sequence[tuple[Outcome, datetime, datetime]]) -> None:
+        now = datetime.now(UTC)
+        records = []
+        for c, (outcome, started, finished) in zip(claimed, results, strict=True):
+            alarm = is_alarm(c.priority)
+            t = next_transition(outcome, attempt=c.attempt, alarm=alarm, policy=self.policy,
+                                now=now, rng=self.rng)
+            records.append(AttemptRecord(
+                delivery_id=c.id, attempt=c.attempt, started_at=started, finished_at=finished,
+                outcome=outcome.kind.value, status_code=outcome.status_code,
+                detail=outcome.detail, retry_after=outcome.retry_after, new_state=t.state,
+                not_before=t.not_before, escalate=t.escalate,
+                pause_until=t.pause_destination_until,
+            ))
+        lost = set(await asyncio.to_thread(self.repo.record_attempts, self.worker, self.name,
+                                           records))
+        for c, r, (outcome, _, _) in zip(claimed, records, results, strict=True):
+            with bound_message(c.message_id, delivery_id=c.id, destination=self.name):
+                self._log(c, r, outcome, c.id in lost)
+                try:
+                    self.hook.hub_delivery_outcome(
+                        delivery_id=c.id, destination=self.name, outcome=outcome,
+                        state=r.new_state.value, alarm=is_alarm(c.priority))
+                except Exception:
+                    log.exception("hub_delivery_outcome hook failed")
+
+    def _log(self, c: ClaimedDelivery, r: AttemptRecord, outcome: Outcome, lost: bool) -> None:
+        if lost:
+            log.warning("outcome recorded after the lease was lost; the delivery was retaken",
+                        outcome=outcome.kind.value)
+        elif r.new_state is DeliveryState.DELIVERED:
+            log.info("delivered", attempt=c.attempt, status=outcome.status_code)
+        elif r.new_state is DeliveryState.DEAD:
+            log.error("dead letter: kept until an operator acts", attempt=c.attempt,
+                      status=outcome.status_code, reason=outcome.detail,
+                      alarm=is_alarm(c.priority))
+        elif outcome.kind is OutcomeKind.PAUSE:
+            log.error("destination paused", reason=outcome.detail, until=r.not_before)
+        elif r.escalate:
+            log.error("alarm still undelivered: escalate", attempt=c.attempt,
+                      reason=outcome.detail, next_attempt=r.not_before)
+        else:
+            log.warning("delivery failed; will retry", attempt=c.attempt,
+                        status=outcome.status_code, reason=outcome.detail,
+                        next_attempt=r.not_before)

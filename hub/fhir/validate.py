@@ -1,0 +1,167 @@
+"""Validation of mapped output: FHIR R4 structure, then the VKP rules we rely on.
+
+fhir.resources checks structure and datatypes but not required bindings, profiles or
+identifier systems (stack.md §2.1), so those are checked here explicitly, each with an
+error that names the resource, the element and what was expected.
+
+fhir.resources 8.x has no plain R4 package; R4B (4.3.0) is the closest model set and the
+resources we emit are identical in R4 and R4B.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+
+from hub.domain.privacy import PERSON_ID_SYSTEMS, person_id_problem
+from hub.errors import ValidationFailure
+from hub.fhir import vkp
+from hub.mappings import MappingStore
+
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+# Required bindings fhir.resources does not enforce (nazrulworld/fhir.resources#76).
+_STATUS = {
+    "DetectedIssue": {"registered", "preliminary", "final", "amended", "corrected",
+                      "cancelled", "entered-in-error", "unknown"},
+    "Encounter": {"planned", "arrived", "triaged", "in-progress", "onleave", "finished",
+                  "cancelled", "entered-in-error", "unknown"},
+    "Composition": {"preliminary", "final", "amended", "entered-in-error"},
+}
+_SEVERITY = {"high", "moderate", "low"}
+
+
+def structure_problems(bundle: dict[str, Any]) -> list[str]:
+    """R4(B) structural problems of a Bundle, one line each."""
+    try:
+        Bundle.model_validate(bundle)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            problems.append(f"Bundle.{loc}: {err['msg']}")
+        return problems
+    return []
+
+
+def validate_bundle(bundle: dict[str, Any], mappings: MappingStore) -> None:
+    """Raise ValidationFailure listing every problem of a mapped transaction Bundle."""
+    problems = structure_problems(bundle)
+    if not problems:
+        problems = list(_vkp_problems(bundle, mappings))
+    if problems:
+        raise ValidationFailure(problems)
+
+
+def _vkp_problems(bundle: dict[str, Any], mappings: MappingStore) -> Iterable[str]:
+    if bundle.get("type") != "transaction":
+        yield "Bundle.type: expected 'transaction'"
+    ids = set()
+    for i, entry in enumerate(bundle.get("entry", [])):
+        resource = entry.get("resource", {})
+        rtype, rid = resource.get("resourceType"), resource.get("id", "")
+        where = f"{rtype}/{rid}"
+        if not _ID.match(rid):
+            yield f"Bundle.entry[{i}] {rtype}: id {rid!r} is not a valid FHIR id"
+        if (rtype, rid) in ids:
+            yield f"Bundle.entry[{i}] {where}: appears twice in the Bundle"
+        ids.add((rtype, rid))
+        request = entry.get("request", {})
+        if request.get("method") != "PUT" or request.get("url") != f"{rtype}/{rid}":
+            yield f"Bundle.entry[{i}] {where}: request must be PUT {rtype}/{rid} (idempotent)"
+        statuses = _STATUS.get(rtype)
+        if statuses is not None and resource.get("status") not in statuses:
+            yield f"{where}: status {resource.get('status')!r} is not one of {sorted(statuses)}"
+        check = _RULES.get(rtype)
+        if check is not None:
+            for problem in check(resource, mappings):
+                yield f"{where}: {problem}"
+
+
+def _code_in(mappings: MappingStore, concept: Any, codesystem: str, element: str) -> Iterable[str]:
+    cs = mappings.codesystem(codesystem)
+    codings = concept.get("coding", []) if isinstance(concept, dict) else []
+    ours = [c for c in codings if c.get("system") == cs.url]
+    if not ours:
+        yield f"{element}: needs a coding from {codesystem} ({cs.url})"
+    for c in ours:
+        if c.get("code") not in cs:
+            yield f"{element}: code {c.get('code')!r} is not in {codesystem}"
+
+
+def _person(ref: Any, element: str) -> Iterable[str]:
+    ident = ref.get("identifier") if isinstance(ref, dict) else None
+    if not isinstance(ident, dict):
+        yield f"{element}: must reference the patient by identifier (no-basis FNR/DNR/FHN)"
+        return
+    if "reference" in ref:
+        yield f"{element}: VKP references the patient by identifier only, not by literal reference"
+    problem = person_id_problem(str(ident.get("system")), str(ident.get("value", "")))
+    if problem:
+        yield f"{element}.identifier: {problem}"
+
+
+def _uuid_identifier(resource: dict[str, Any]) -> Iterable[str]:
+    idents = resource.get("identifier", [])
+    if isinstance(idents, dict):
+        idents = [idents]
+    if not any(i.get("system") == vkp.UUID_SYSTEM for i in idents):
+        yield f"identifier: needs one with system {vkp.UUID_SYSTEM} (a urn:uuid)"
+
+
+def _detected_issue(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
+    yield from _code_in(m, r.get("code"), vkp.ALERT_CODE, "code")
+    yield from _person(r.get("patient"), "patient")
+    if "identifiedDateTime" not in r:
+        yield "identifiedDateTime: required (when the alarm was raised)"
+    if "severity" in r and r["severity"] not in _SEVERITY:
+        yield f"severity: {r['severity']!r} is not one of {sorted(_SEVERITY)}"
+
+
+def _encounter(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
+    yield from _uuid_identifier(r)
+    yield from _person(r.get("subject"), "subject")
+    participants = r.get("participant", [])
+    if not participants:
+        yield "participant: at least one is required (vkp-Encounter)"
+    for i, p in enumerate(participants):
+        types = p.get("type", [])
+        if len(types) != 1:
+            yield f"participant[{i}].type: exactly one is required (vkp-encounter-mode)"
+        for t in types:
+            yield from _code_in(m, t, vkp.ENCOUNTER_MODE, f"participant[{i}].type")
+    if "start" not in r.get("period", {}):
+        yield "period.start: required (vkp-Encounter)"
+    reasons = r.get("reasonCode", [])
+    if len(reasons) > 1:
+        yield "reasonCode: at most one (vkp-Encounter)"
+    for reason in reasons:
+        yield from _code_in(m, reason, vkp.ENCOUNTER_REASON, "reasonCode")
+
+
+def _composition(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
+    categories = r.get("category", [])
+    if not categories:
+        yield "category: at least one is required (vkp-composition-category)"
+    for c in categories:
+        yield from _code_in(m, c, vkp.COMPOSITION_CATEGORY, "category")
+    yield from _person(r.get("subject"), "subject")
+    for i, ev in enumerate(r.get("event", [])):
+        for c in ev.get("code", []):
+            yield from _code_in(m, c, vkp.COMPOSITION_EVENT, f"event[{i}].code")
+    for i, section in enumerate(r.get("section", [])):
+        if "code" in section:
+            yield from _code_in(m, section["code"], vkp.COMPOSITION_SECTION, f"section[{i}].code")
+
+
+_RULES: dict[str, Callable[[dict[str, Any], MappingStore], Iterable[str]]] = {
+    "DetectedIssue": _detected_issue,
+    "Encounter": _encounter,
+    "Composition": _composition,
+}
+
+PERSON_SYSTEMS = tuple(PERSON_ID_SYSTEMS)

@@ -1,0 +1,133 @@
+"""Builders for resources in the VKP R4 shape (domain.md §1.3), as plain JSON dicts.
+
+Dicts, not models: building with fhir.resources costs ~50× a dict, and every Bundle is
+validated once as a whole anyway (`hub.fhir.validate`). Identifiers use the no-basis
+OIDs; patients are referenced by identifier (a logical reference), never by id.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from hub.domain.model import DeviceRef, OrganisationRef, PersonId
+from hub.mappings import MappingStore
+
+SD = "http://ehelse.no/fhir/StructureDefinition/"
+PROFILE_DETECTED_ISSUE = SD + "vkp-DetectedIssue-v090"
+PROFILE_ENCOUNTER = SD + "vkp-Encounter-v090"
+PROFILE_DIGITAL_ENCOUNTER = SD + "vkp-digital-Encounter-v090"
+PROFILE_COMPOSITION = SD + "vkp-Composition-v090"
+EXT_ENCOUNTER_DEVICE = SD + "vkp-encounterDevice-v090"
+
+UUID_SYSTEM = "urn:ietf:rfc:3986"
+ORG_NUMBER_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"  # Enhetsregisteret
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+LOINC = "http://loinc.org"
+# Identifier system for vendor device ids when the vendor publishes none of its own.
+DEVICE_ID_SYSTEM_PREFIX = "urn:tryggbro:device:"
+
+ALERT_CODE = "vkp-alert-code"
+COMPOSITION_EVENT = "vkp-composition-event"
+COMPOSITION_CATEGORY = "vkp-composition-category"
+COMPOSITION_SECTION = "vkp-composition-section"
+ENCOUNTER_MODE = "vkp-encounter-mode"
+ENCOUNTER_REASON = "vkp-encounter-reason"
+
+
+def instant(value: datetime) -> str:
+    """FHIR dateTime/instant text; naive datetimes are refused (a time without a zone
+    is ambiguous across the DST change, and alarms happen at night)."""
+    if value.tzinfo is None:
+        raise ValueError("datetime without a time zone")
+    return value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
+
+
+def coding(mappings: MappingStore, codesystem: str, code: str) -> dict[str, str]:
+    cs = mappings.codesystem(codesystem)
+    return {"system": cs.url, "code": code, "display": cs.display(code)}
+
+
+def concept(mappings: MappingStore, codesystem: str, code: str) -> dict[str, Any]:
+    return {"coding": [coding(mappings, codesystem, code)]}
+
+
+def person_reference(person: PersonId) -> dict[str, Any]:
+    return {"identifier": {"system": person.system, "value": person.value}}
+
+
+def organisation_reference(org: OrganisationRef) -> dict[str, Any]:
+    ref: dict[str, Any] = {
+        "type": "Organization",
+        "identifier": {"system": ORG_NUMBER_SYSTEM, "value": org.org_number},
+    }
+    if org.name:
+        ref["display"] = org.name
+    return ref
+
+
+def device_reference(source: str, device: DeviceRef) -> dict[str, Any]:
+    ref: dict[str, Any] = {
+        "type": "Device",
+        "identifier": {"system": DEVICE_ID_SYSTEM_PREFIX + source, "value": device.id},
+    }
+    if device.model:
+        ref["display"] = device.model
+    return ref
+
+
+def uuid_identifier(resource_id: str) -> dict[str, str]:
+    return {"system": UUID_SYSTEM, "value": f"urn:uuid:{resource_id}"}
+
+
+def encounter_device_extension(source: str, device: DeviceRef) -> dict[str, Any]:
+    """vkp-encounterDevice-v090: the device that raised the event, as the EHR shows it."""
+    parts: list[dict[str, Any]] = [
+        {
+            "url": "deviceIdentifier",
+            "valueIdentifier": {"system": DEVICE_ID_SYSTEM_PREFIX + source, "value": device.id},
+        },
+        {"url": "display", "valueString": device.model or device.id},
+    ]
+    if device.type:
+        parts.append({"url": "type", "valueString": device.type})
+    if device.model:
+        parts.append({"url": "typeName", "valueString": device.model})
+    if device.location:
+        parts.append({"url": "location", "valueString": device.location})
+    return {"url": EXT_ENCOUNTER_DEVICE, "extension": parts}
+
+
+def narrative(lines: Sequence[str]) -> dict[str, str]:
+    """A generated XHTML narrative; every line escaped (free text may hold '<' or '&')."""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return {
+        "status": "generated",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><ul>{items}</ul></div>',
+    }
+
+
+def transaction_bundle(
+    bundle_id: str, timestamp: datetime, resources: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """A transaction of idempotent PUTs: each resource at its deterministic id.
+
+    Update-as-create converges on retries and replays (reliability.md §3.1); a
+    transaction makes the EHR see an alarm's resources together or not at all.
+    """
+    return {
+        "resourceType": "Bundle",
+        "id": bundle_id,
+        "type": "transaction",
+        "timestamp": instant(timestamp),
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{r['id']}",
+                "resource": r,
+                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+            }
+            for r in resources
+        ],
+    }

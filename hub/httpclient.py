@@ -1,0 +1,77 @@
+"""The hub's one HTTP client module: the only place that imports httpx.
+
+Destinations get a small API (`HttpClient.request` → `HttpResponse` or `TransportFailure`)
+so the library can be swapped (httpx2 is the maintained fork, stack.md §2.8) in one file.
+TLS client certificates go through an `ssl.SSLContext`, never `verify=<path>, cert=…`,
+which httpx 0.28 silently ignores.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class TransportFailure(Exception):
+    """No HTTP answer: `kind` is timeout, connect or protocol. The outcome is unknown for
+    timeouts, so the caller must retry idempotently."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+def ssl_context(ca_file: str | None = None, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+class HttpClient:
+    def __init__(self, base_url: str, *, timeout: float = 10.0, connect_timeout: float = 3.0,
+                 max_connections: int = 16, verify: ssl.SSLContext | bool = True,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            verify=verify,
+            headers=dict(headers or {}),
+            follow_redirects=False,  # a redirect on a FHIR write is a misconfiguration
+        )
+
+    async def request(self, method: str, url: str, *, content: bytes | None = None,
+                      headers: Mapping[str, str] | None = None) -> HttpResponse:
+        try:
+            response = await self._client.request(method, url, content=content,
+                                                  headers=dict(headers or {}))
+        except httpx.TimeoutException as exc:
+            raise TransportFailure("timeout", type(exc).__name__) from exc
+        except httpx.ConnectError as exc:
+            raise TransportFailure("connect", str(exc) or type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise TransportFailure("protocol", str(exc) or type(exc).__name__) from exc
+        return HttpResponse(response.status_code, dict(response.headers), response.content)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def asgi_client(app: Any, base_url: str = "http://tryggbro.test") -> httpx.AsyncClient:
+    """An in-process client for an ASGI app (hub.testing and tests use it)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)

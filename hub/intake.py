@@ -1,0 +1,113 @@
+"""Intake: journal what a source received, durably, before the source answers.
+
+Messages from all sources go through one writer thread that commits them in groups:
+many messages per transaction (one fsync), each sender answered only after the commit
+that holds its message returned. Group commit is how intake stays fast without
+weakening "acknowledge only what is on disk" (ARCHITECTURE §1, invariant 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hub.domain.model import RawMessage
+from hub.faults import crashpoint
+from hub.logging import get_logger
+from hub.store.repository import IntakeResult, Repository
+
+log = get_logger("hub.intake")
+
+
+@dataclass
+class _Pending:
+    raw: RawMessage
+    future: asyncio.Future[IntakeResult]
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+
+
+class Intake:
+    """The single path into the journal. `await submit(raw)` returns after the commit."""
+
+    def __init__(self, repo: Repository, max_batch: int = 256,
+                 on_committed: Callable[[], None] | None = None) -> None:
+        self.repo = repo
+        self.max_batch = max_batch
+        self.on_committed = on_committed
+        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="intake-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    async def submit(self, raw: RawMessage) -> IntakeResult:
+        """Journal `raw`; returns once it is committed (or raises if it could not be)."""
+        if self._thread is None:
+            raise RuntimeError("intake is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IntakeResult] = loop.create_future()
+        self._queue.put(_Pending(raw, future, loop))
+        return await future
+
+    def submit_sync(self, raw: RawMessage) -> IntakeResult:
+        """Journal one message from synchronous code (replay, CLI), committing at once."""
+        return self.repo.insert_messages([raw])[0]
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stopping = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit([p for p in batch if isinstance(p, _Pending)])
+            if stopping:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            results = self.repo.insert_messages([p.raw for p in batch])
+        except Exception as exc:
+            log.error("intake commit failed; senders get no acknowledgement",
+                      batch=len(batch), error=type(exc).__name__)
+            for p in batch:
+                p.loop.call_soon_threadsafe(_set_exception, p.future, exc)
+            return
+        crashpoint("after_commit_before_ack")
+        for p, result in zip(batch, results, strict=True):
+            p.loop.call_soon_threadsafe(_set_result, p.future, result)
+        if self.on_committed is not None and any(not r.duplicate for r in results):
+            self.on_committed()
+
+
+def _set_result(future: asyncio.Future[IntakeResult], result: IntakeResult) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[IntakeResult], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

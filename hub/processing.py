@@ -1,0 +1,267 @@
+"""Processing: journaled messages become events, FHIR Bundles and deliveries.
+
+For each message: parse (the source's adapter) → enrich (device registry) → route (rules)
+→ map (FHIR R4, VKP shape) → validate → plan deliveries. The results of a message are
+written atomically with its new state (a savepoint per message inside one transaction per
+batch, so a batch costs one fsync). Routing comes before mapping so that filtered events
+(heartbeats, tests) are never mapped.
+
+A plugin that raises fails only its message: it is kept as `failed` with the reason and
+can be re-run with `tryggbro reprocess`. Nothing is dropped silently: a filtered event
+names the rule that filtered it, and an event no rule matches fails its message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, replace
+from datetime import datetime
+from typing import Any
+
+from hub.contracts import Adapter, EnrichContext, MapContext, RouteContext
+from hub.domain.ids import bundle_id, order_key
+from hub.domain.model import Enrolment, Event, EventState, MessageState, StoredMessage
+from hub.domain.privacy import safe_error_text
+from hub.domain.routing import RouteAction, RouteDecision, RouteRule
+from hub.errors import HubError, ValidationFailure
+from hub.faults import crashpoint
+from hub.fhir import transaction_bundle, validate_bundle
+from hub.logging import bound_message, get_logger
+from hub.mappings import MappingStore
+from hub.store.repository import (
+    MessageOutcome,
+    PlannedDelivery,
+    PlannedEvent,
+    Repository,
+)
+
+log = get_logger("hub.processing")
+
+Resolver = Callable[[Any], Any]  # resolves a hook result that may be an awaitable
+
+
+class MessageFailed(Exception):
+    """Processing of one message stopped; `stage` says where, the message says why."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+
+
+class Unmatched(Exception):
+    """An event would be delivered but its device has no valid enrolment."""
+
+
+class Pipeline:
+    """parse → enrich → route → map → validate for one message, no writes."""
+
+    def __init__(
+        self,
+        *,
+        hook: Any,
+        adapters: Mapping[str, Adapter],
+        mappings: MappingStore,
+        rules: Iterable[RouteRule],
+        destinations: Iterable[str],
+        repo: Repository,
+        resolve: Resolver,
+    ) -> None:
+        self.hook = hook
+        self.adapters = adapters
+        self.mappings = mappings
+        self.route_context = RouteContext(tuple(rules), frozenset(destinations))
+        self.repo = repo
+        self.resolve = resolve
+
+    def run(self, msg: StoredMessage,
+            batch_snapshots: dict[tuple[str, str], datetime] | None = None) -> MessageOutcome:
+        """Decide what happens to `msg`. Never raises: failures become a failed outcome."""
+        snapshots = batch_snapshots if batch_snapshots is not None else {}
+        try:
+            events = self._parse(msg)
+            planned = [self._plan(msg, seq, ev, snapshots) for seq, ev in enumerate(events)]
+        except Unmatched as exc:
+            return MessageOutcome(msg.id, MessageState.UNMATCHED, str(exc))
+        except MessageFailed as exc:
+            return MessageOutcome(msg.id, MessageState.FAILED, str(exc))
+        if not planned:
+            return MessageOutcome(msg.id, MessageState.FILTERED, "the adapter found no events")
+        if any(p.state is EventState.ROUTED for p in planned):
+            return MessageOutcome(msg.id, MessageState.PROCESSED, None, planned)
+        rules = sorted({p.filtered_by or "" for p in planned})
+        return MessageOutcome(msg.id, MessageState.FILTERED, "filtered by " + ", ".join(rules),
+                              planned)
+
+    def _parse(self, msg: StoredMessage) -> list[Event]:
+        adapter = self.adapters.get(msg.source)
+        if adapter is None:
+            raise MessageFailed("parse", f"source {msg.source!r} is not configured any more")
+        try:
+            events = adapter.parse(msg)
+        except Exception as exc:
+            raise MessageFailed("parse", _describe(exc)) from exc
+        for ev in events:
+            if not isinstance(ev, Event):
+                raise MessageFailed("parse", f"adapter returned {type(ev).__name__}, not Event")
+        return list(events)
+
+    def _plan(self, msg: StoredMessage, seq: int, event: Event,
+              snapshots: dict[tuple[str, str], datetime]) -> PlannedEvent:
+        enrolment = self._enrich(msg, event)
+        decision = self._route(event, enrolment)
+        base = PlannedEvent(
+            seq=seq, source=event.source, business_key=event.business_key, kind=event.kind,
+            category=str(event.category), code=event.code, device_id=event.device.id,
+            occurred_at=event.occurred_at, priority=event.effective_priority,
+            snapshot=event.snapshot, state=EventState.FILTERED, summary=_summary(event),
+        )
+        if decision.action is RouteAction.FILTER:
+            return replace(base, filtered_by=", ".join(decision.rules))
+        if enrolment is None:
+            raise Unmatched(
+                f"device {event.device.id!r} of source {event.source!r} has no valid "
+                f"enrolment at {event.occurred_at.isoformat()}; the message is held until "
+                "the device is enrolled"
+            )
+        priority = decision.priority if decision.priority is not None else event.effective_priority
+        if event.snapshot:
+            key = (event.source, event.business_key)
+            newest = snapshots.get(key)
+            if (newest is not None and newest > event.occurred_at) or \
+                    self.repo.newer_snapshot_exists(event.source, event.business_key,
+                                                    event.occurred_at, msg.id):
+                return replace(base, priority=priority,
+                               filtered_by="superseded-by-newer-snapshot")
+            snapshots[key] = max(event.occurred_at, newest or event.occurred_at)
+        bid = bundle_id(msg.source, msg.dedup_key, seq)
+        resources = self._map(msg, seq, event, enrolment)
+        bundle = transaction_bundle(bid, event.occurred_at, resources)
+        try:
+            validate_bundle(bundle, self.mappings)
+        except ValidationFailure as exc:
+            raise MessageFailed("validate", "; ".join(exc.problems[:10])) from exc
+        okey = order_key(enrolment.patient)
+        return replace(
+            base, priority=priority, state=EventState.ROUTED, bundle_id=bid,
+            payload=json.dumps(bundle, ensure_ascii=False, separators=(",", ":")),
+            deliveries=[PlannedDelivery(d, priority, okey) for d in decision.destinations],
+        )
+
+    def _enrich(self, msg: StoredMessage, event: Event) -> Enrolment | None:
+        context = EnrichContext(msg.id, self.repo.lookup_device)
+        try:
+            results = self.hook.hub_enrich_event(event=event, context=context)
+            for result in results:
+                value = self.resolve(result)
+                if value is not None:
+                    if not isinstance(value, Enrolment):
+                        raise MessageFailed("enrich", f"a plugin returned {type(value).__name__}")
+                    return value
+        except MessageFailed:
+            raise
+        except Exception as exc:
+            raise MessageFailed("enrich", _describe(exc)) from exc
+        return None
+
+    def _route(self, event: Event, enrolment: Enrolment | None) -> RouteDecision:
+        try:
+            decisions = self.hook.hub_route_event(
+                event=event, enrolment=enrolment, context=self.route_context)
+            decision = RouteDecision.combine(decisions)
+        except Exception as exc:
+            raise MessageFailed("route", _describe(exc)) from exc
+        if decision is None:
+            raise MessageFailed(
+                "route", f"no route matches kind={event.kind} category={event.category} "
+                f"code={event.code}; add a [[routes]] rule (deliver or filter) and reprocess")
+        unknown = [d for d in decision.destinations if d not in self.route_context.destinations]
+        if unknown:
+            raise MessageFailed("route", f"routed to unknown destination(s) {unknown}")
+        return decision
+
+    def _map(self, msg: StoredMessage, seq: int, event: Event,
+             enrolment: Enrolment) -> list[dict[str, Any]]:
+        context = MapContext(msg.id, msg.dedup_key, seq, enrolment, self.mappings)
+        resources: list[dict[str, Any]] = []
+        try:
+            for result in self.hook.hub_map_event(event=event, context=context):
+                value = self.resolve(result)
+                if value:
+                    resources.extend(value)
+        except Exception as exc:
+            raise MessageFailed("map", _describe(exc)) from exc
+        if not resources:
+            raise MessageFailed("map", f"no plugin maps events of kind={event.kind} "
+                                f"category={event.category}")
+        return resources
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, HubError):
+        return safe_error_text(str(exc))
+    return safe_error_text(f"{type(exc).__name__}: {exc}")
+
+
+def _summary(event: Event) -> dict[str, Any]:
+    """What `tryggbro show` prints about an event: codes and times, no free text."""
+    summary: dict[str, Any] = {
+        "kind": event.kind, "category": str(event.category), "code": event.code,
+        "severity": event.severity, "device": event.device.id,
+        "occurred_at": event.occurred_at.isoformat(),
+    }
+    if event.alarm is not None:
+        summary["alarm"] = {
+            "status": str(event.alarm.status),
+            "timeline": [t.code for t in event.alarm.timeline],
+            "closed": event.alarm.closed_at is not None,
+        }
+    return summary
+
+
+class Processor:
+    """Claims batches of received messages and runs them through the pipeline."""
+
+    def __init__(self, repo: Repository, pipeline: Pipeline, worker: str, *,
+                 batch_size: int, lease_seconds: float, max_attempts: int) -> None:
+        self.repo = repo
+        self.pipeline = pipeline
+        self.worker = worker
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+
+    def run_batch(self) -> tuple[int, int]:
+        """Process one batch. Returns (messages processed, deliveries created)."""
+        messages = self.repo.claim_messages(self.worker, self.batch_size, self.lease_seconds,
+                                            self.max_attempts)
+        if not messages:
+            return (0, 0)
+        snapshots: dict[tuple[str, str], datetime] = {}
+        outcomes = []
+        for msg in messages:
+            with bound_message(msg.id):
+                outcomes.append(self.pipeline.run(msg, snapshots))
+        crashpoint("mid_processing")
+        lost = set(self.repo.save_outcomes(self.worker, outcomes))
+        deliveries = 0
+        for outcome in outcomes:
+            with bound_message(outcome.message_id):
+                if outcome.message_id in lost:
+                    log.warning("processing result discarded: lease lost to another worker")
+                    continue
+                n = sum(len(e.deliveries) for e in outcome.events)
+                deliveries += n
+                if outcome.state in (MessageState.FAILED, MessageState.UNMATCHED):
+                    log.warning("message held", state=outcome.state.value,
+                                reason=outcome.reason)
+                else:
+                    log.info("message processed", state=outcome.state.value,
+                             events=len(outcome.events), deliveries=n)
+        return (len(messages), deliveries)
+
+
+def event_dict(event: Event) -> dict[str, Any]:
+    """A JSON-able view of an event (for plugin tests); includes free text."""
+    value: dict[str, Any] = json.loads(json.dumps(asdict(event), default=str))
+    return value

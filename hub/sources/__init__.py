@@ -1,0 +1,1 @@
+"""Source plugins: how messages arrive (HTTP webhooks; MLLP and alarm TCP later)."""
