@@ -1,0 +1,64 @@
+# The two commands of the README are the contract with a new user:
+#   make run   start the gateway on its embedded default (SQLite, example config)
+#   make test  install everything and pass every test, on a fresh machine
+# Nothing but Python, apt and npm is assumed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= tryggbro.example.toml
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+MEDPLUM := tests/peers/medplum
+
+# Demo credentials for `make run` only. Production sets its own in the environment.
+export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
+export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
+export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
+
+.PHONY: install run test lint typecheck peers postgres medplum peer-medplum bench clean
+
+$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]' $(foreach p,$(wildcard plugins/*/pyproject.toml),-e $(dir $(p)))
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tryggbro --config $(CONFIG) serve
+
+# Real peers the tests talk to: PostgreSQL from Debian, the Medplum FHIR engine from npm.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing PostgreSQL from Debian"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; \
+	fi
+
+$(MEDPLUM)/node_modules/.package-lock.json: $(MEDPLUM)/package-lock.json
+	cd $(MEDPLUM) && npm ci --no-audit --no-fund --loglevel=error
+
+medplum: $(MEDPLUM)/node_modules/.package-lock.json
+
+peers: postgres medplum
+
+# The Medplum FHIR engine on 127.0.0.1:8103, to try the fhir-rest destination by hand.
+peer-medplum: medplum
+	cd $(MEDPLUM) && PORT=8103 STRICT=1 node --experimental-websocket server.mjs
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) peers lint typecheck
+	$(BIN)/pytest
+
+bench: $(STAMP) medplum
+	$(BIN)/python bench/ingest_e2e.py
+
+clean:
+	rm -rf $(VENV) var bench/out $(MEDPLUM)/node_modules

@@ -1,0 +1,1 @@
+"""FastAPI app: ingest, admin API, health and metrics."""

@@ -1,0 +1,448 @@
+"""The `tryggbro` command line.
+
+Every command reads the configuration given with `--config` (or $TRYGGBRO_CONFIG, or
+./tryggbro.toml). Errors print one clear line naming the file and key and exit with 2.
+Plugins add commands through `hub_register_commands`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from hub import __version__
+from hub.config import DEFAULT_CONFIG_ENV, Config, load_config
+from hub.domain.model import Enrolment, PersonId
+from hub.domain.privacy import DNR_SYSTEM, FHN_SYSTEM, FNR_SYSTEM, person_id_problem
+from hub.errors import HubError
+from hub.logging import configure_logging
+from hub.plugins import PluginHost
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    def __init__(self, config_path: str | None, plugins: PluginHost) -> None:
+        self.config_path = config_path
+        self.plugins = plugins
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def hub(self, *, own: bool = False) -> Any:
+        from hub.runtime import Hub
+
+        return Hub.build(self.config, plugins=self.plugins, own=own)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+class HubGroup(click.Group):
+    """Turns expected errors into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HubError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=HubGroup)
+@click.option("-c", "--config", "config_path", envvar=DEFAULT_CONFIG_ENV,
+              type=click.Path(dir_okay=False), default=None,
+              help="Configuration file (default: $TRYGGBRO_CONFIG or ./tryggbro.toml).")
+@click.version_option(__version__, prog_name="tryggbro")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Tryggbro: welfare-technology events in, VKP R4 FHIR out, nothing lost."""
+    if ctx.obj is None:
+        plugins = PluginHost()
+        plugins.load_entry_points()
+        ctx.obj = State(config_path, plugins)
+    else:
+        ctx.obj.config_path = config_path
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S%z") if value else "-"
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+# ----------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------
+
+
+def _run(state: State, *, serve_http: bool) -> None:
+    config = state.config
+    configure_logging(config.logging.level)
+    hub = state.hub(own=True)
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(hub.run(serve_http=serve_http))
+        else:
+            uvloop.run(hub.run(serve_http=serve_http))
+    finally:
+        hub.close()
+
+
+@cli.command()
+@click.option("--host", default=None, help="Override [http].host.")
+@click.option("--port", type=int, default=None, help="Override [http].port.")
+@pass_state
+def serve(state: State, host: str | None, port: int | None) -> None:
+    """Run the gateway: HTTP intake and admin API, processing and dispatch, in one process."""
+    if host or port is not None:
+        http = state.config.http.model_copy(update={k: v for k, v in
+                                                    (("host", host), ("port", port)) if v})
+        state._config = state.config.model_copy(update={"http": http})
+    _run(state, serve_http=True)
+
+
+@cli.command()
+@pass_state
+def worker(state: State) -> None:
+    """Run processing and dispatch only (several of them share a PostgreSQL database)."""
+    _run(state, serve_http=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Looking
+# ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def plugins(state: State, as_json: bool) -> None:
+    """List loaded plugins with their versions and the hooks each implements."""
+    infos = state.plugins.plugins()
+    if as_json:
+        click.echo(_dump([{"name": p.name, "distribution": p.distribution,
+                           "version": p.version, "builtin": p.builtin, "hooks": list(p.hooks)}
+                          for p in infos]))
+        return
+    click.echo(_table([(p.name, p.distribution, p.version, ", ".join(p.hooks)) for p in infos],
+                      ("plugin", "distribution", "version", "hooks")))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def status(state: State, as_json: bool) -> None:
+    """Messages per state, deliveries per destination and state, oldest pending age."""
+    hub = state.hub()
+    try:
+        report = hub.repo.status()
+    finally:
+        hub.close()
+    if as_json:
+        click.echo(_dump(report.as_dict()))
+        return
+    click.echo("messages:")
+    for st, n in sorted(report.messages.items()):
+        click.echo(f"  {st:<12} {n}")
+    if report.oldest_unprocessed_seconds is not None:
+        click.echo(f"  oldest unprocessed: {report.oldest_unprocessed_seconds:.1f} s")
+    click.echo("deliveries:")
+    rows = []
+    for dest in sorted(set(hub.config.destinations) | set(report.deliveries)):
+        per = report.deliveries.get(dest, {})
+        oldest = report.oldest_pending_seconds.get(dest)
+        rows.append((dest, per.get("pending", 0), per.get("leased", 0), per.get("delivered", 0),
+                     per.get("dead", 0), f"{oldest:.1f} s" if oldest is not None else "-",
+                     report.escalated.get(dest, 0),
+                     "paused" if dest in report.paused else ""))
+    click.echo(_table(rows, ("  destination", "pending", "leased", "delivered", "dead",
+                             "oldest pending", "escalated", "")))
+    for dest, info in report.paused.items():
+        click.echo(f"  {dest} paused until {_when(info['until'])}: {info['reason']}")
+
+
+def _parse_time(_ctx: click.Context, _param: click.Parameter, value: str | None
+                ) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"expected ISO 8601 such as 2026-11-20T21:00, got {value!r}"
+                                 ) from None
+    return parsed if parsed.tzinfo else parsed.astimezone()  # naive: local time
+
+
+@cli.command()
+@click.option("--source")
+@click.option("--dedup-key")
+@click.option("--state", "state_", type=click.Choice(
+    ["received", "processing", "processed", "filtered", "failed", "unmatched"]))
+@click.option("--since", callback=_parse_time, help="Received at or after (ISO 8601, local).")
+@click.option("--until", callback=_parse_time, help="Received before (ISO 8601, local).")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def messages(state: State, source: str | None, dedup_key: str | None, state_: str | None,
+             since: datetime | None, until: datetime | None, limit: int, as_json: bool) -> None:
+    """Search journaled messages (newest first)."""
+    hub = state.hub()
+    try:
+        items = hub.repo.search_messages(source=source, dedup_key=dedup_key, state=state_,
+                                         since=since, until=until, limit=limit)
+    finally:
+        hub.close()
+    if as_json:
+        click.echo(_dump(items))
+        return
+    rows = [(m["id"], _when(m["received_at"]), m["source"], m["dedup_key"], m["state"],
+             ",".join(f"{k}:{v}" for k, v in sorted(m["deliveries"].items())) or "-",
+             (m["reason"] or "")[:60]) for m in items]
+    click.echo(_table(rows, ("id", "received", "source", "dedup key", "state", "deliveries",
+                             "reason")))
+
+
+@cli.command()
+@click.argument("message_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--body", is_flag=True, help="Also print the body as received (personal data).")
+@click.option("--fhir", is_flag=True, help="Also print the mapped FHIR Bundles (personal data).")
+@pass_state
+def show(state: State, message_id: int, as_json: bool, body: bool, fhir: bool) -> None:
+    """One message's trace through every stage and delivery attempt."""
+    hub = state.hub()
+    try:
+        trace = hub.repo.message_trace(message_id, include_body=body)
+        bundles = hub.repo.event_payloads(message_id) if fhir else []
+    finally:
+        hub.close()
+    if trace is None:
+        raise click.ClickException(f"no message with id {message_id}")
+    if fhir:
+        trace["bundles"] = [json.loads(p) for _, p in bundles if p]
+    if as_json:
+        click.echo(_dump(trace))
+        return
+    t = trace
+    click.echo(f"message {t['id']}  source={t['source']}  dedup_key={t['dedup_key']}  "
+               f"state={t['state']}")
+    click.echo(f"  received {_when(t['received_at'])}  processed {_when(t['processed_at'])}  "
+               f"{t['body_bytes']} bytes {t['content_type']}  sha256 {t['body_sha256'][:16]}")
+    if t["reason"]:
+        click.echo(f"  reason: {t['reason']}")
+    for e in t["events"]:
+        extra = f" filtered by {e['filtered_by']}" if e["filtered_by"] else ""
+        click.echo(f"  event {e['seq']}: {e['kind']} {e['category']} code={e['code']} "
+                   f"device={e['device_id']} {e['state']}{extra}")
+    for d in t["deliveries"]:
+        click.echo(f"  delivery {d['id']} -> {d['destination']}: {d['state']} "
+                   f"(attempts {d['attempts']}, priority {d['priority']}"
+                   f"{', escalated' if d['escalated'] else ''})")
+        if d["last_error"] and d["state"] != "delivered":
+            click.echo(f"    last error: {d['last_error']}")
+        for a in d["attempt_log"]:
+            code = f" HTTP {a['status_code']}" if a["status_code"] else ""
+            click.echo(f"    attempt {a['number']} {_when(a['started_at'])} {a['outcome']}{code}"
+                       f" {a['detail'] or ''}".rstrip())
+    if body:
+        click.echo("body:")
+        click.echo(t["body"])
+    for bundle in trace.get("bundles", []):
+        click.echo(_dump(bundle))
+
+
+# ----------------------------------------------------------------------------------------
+# Acting
+# ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def outbox() -> None:
+    """Operate on deliveries."""
+
+
+@outbox.command("retry")
+@click.argument("delivery_id", type=int, required=False)
+@click.option("--all-dead", is_flag=True, help="Retry every dead delivery.")
+@click.option("--destination", help="With --all-dead: only this destination.")
+@pass_state
+def outbox_retry(state: State, delivery_id: int | None, all_dead: bool,
+                 destination: str | None) -> None:
+    """Make a dead (or backing-off) delivery due now."""
+    if (delivery_id is None) == (not all_dead):
+        raise click.UsageError("give a DELIVERY_ID or --all-dead (not both)")
+    hub = state.hub()
+    try:
+        if all_dead:
+            n = hub.repo.retry_all_dead(destination)
+            click.echo(f"{n} dead deliveries queued for retry")
+            return
+        assert delivery_id is not None
+        result = hub.repo.retry_delivery(delivery_id)
+    finally:
+        hub.close()
+    if result != "retrying":
+        raise click.ClickException(f"delivery {delivery_id}: {result.replace('-', ' ')}")
+    click.echo(f"delivery {delivery_id} queued for retry")
+
+
+@cli.command()
+@click.argument("message_id", type=int)
+@pass_state
+def reprocess(state: State, message_id: int) -> None:
+    """Run a failed, unmatched or filtered message through the pipeline again."""
+    hub = state.hub()
+    try:
+        result = hub.repo.reprocess(message_id)
+    finally:
+        hub.close()
+    if result == "not-found":
+        raise click.ClickException(f"no message with id {message_id}")
+    if result != "queued":
+        raise click.ClickException(
+            f"message {message_id} is {result.removeprefix('state-')}; only failed, unmatched "
+            "or filtered messages are reprocessed (use `tryggbro outbox retry` for deliveries)")
+    click.echo(f"message {message_id} queued for processing")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--update", is_flag=True,
+              help="Write the produced output as the new golden files (review the diff!).")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a JUnit XML report to this file.")
+@click.option("--use-config", is_flag=True,
+              help="Use the configuration's routes and mappings instead of the fixture's.")
+@pass_state
+def replay(state: State, path: Path, update: bool, junit: Path | None, use_config: bool) -> None:
+    """Feed recorded fixtures through the pipeline (no delivery) and compare with golden output.
+
+    PATH is a fixture folder (with fixture.toml) or a folder of such folders. Exits 1 on
+    any difference.
+    """
+    from hub.replay import replay_path
+
+    configure_logging("error")
+    config = state.config if use_config else None
+    report = replay_path(path, plugins=state.plugins, config=config, update=update)
+    click.echo(report.format())
+    if junit:
+        junit.write_text(report.junit_xml(), encoding="utf-8")
+    if not report.ok and not update:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------
+# Devices (minimal registry; enrolment with legal basis comes with the registry issue)
+# ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def devices() -> None:
+    """Enrol vendor devices: which patient and municipality a device serves."""
+
+
+_PERSON_SYSTEMS = {"fnr": FNR_SYSTEM, "dnr": DNR_SYSTEM, "fhn": FHN_SYSTEM}
+
+
+@devices.command("enrol")
+@click.argument("source")
+@click.argument("device_id")
+@click.option("--patient", required=True, help="11-digit fødselsnummer, D-number or FHN.")
+@click.option("--id-type", type=click.Choice(sorted(_PERSON_SYSTEMS)), default="fnr",
+              show_default=True)
+@click.option("--municipality", required=True, help="Kommunenummer (4 digits).")
+@click.option("--organisation", help="Organisation number (9 digits).")
+@click.option("--care-team")
+@click.option("--valid-from", callback=_parse_time, help="Default: now.")
+@click.option("--valid-to", callback=_parse_time)
+@pass_state
+def devices_enrol(state: State, source: str, device_id: str, patient: str, id_type: str,
+                  municipality: str, organisation: str | None, care_team: str | None,
+                  valid_from: datetime | None, valid_to: datetime | None) -> None:
+    """Enrol DEVICE_ID of SOURCE; held (unmatched) messages of the source are re-run."""
+    system = _PERSON_SYSTEMS[id_type]
+    problem = person_id_problem(system, patient)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--patient")
+    if not (len(municipality) == 4 and municipality.isdigit()):
+        raise click.BadParameter("expected 4 digits", param_hint="--municipality")
+    if organisation and not (len(organisation) == 9 and organisation.isdigit()):
+        raise click.BadParameter("expected 9 digits", param_hint="--organisation")
+    hub = state.hub()
+    try:
+        if source not in hub.config.sources:
+            raise click.BadParameter(f"no source named {source!r} in {hub.config.path}",
+                                     param_hint="SOURCE")
+        hub.repo.enrol_device(
+            Enrolment(source, device_id, PersonId(system, patient), municipality,
+                      organisation, care_team),
+            valid_from or datetime.now(UTC), valid_to)
+        requeued = hub.repo.requeue_unmatched(source)
+    finally:
+        hub.close()
+    click.echo(f"enrolled {source}/{device_id}; {requeued} held message(s) queued again")
+
+
+@devices.command("list")
+@click.option("--source")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def devices_list(state: State, source: str | None, as_json: bool) -> None:
+    """List enrolled devices (patient identifiers are not shown)."""
+    hub = state.hub()
+    try:
+        items = hub.repo.list_devices(source)
+    finally:
+        hub.close()
+    if as_json:
+        click.echo(_dump(items))
+        return
+    click.echo(_table([(d["source"], d["device_id"], d["municipality"], d["organisation"] or "-",
+                        _when(d["valid_from"]), _when(d["valid_to"])) for d in items],
+                      ("source", "device", "municipality", "organisation", "valid from",
+                       "valid to")))
+
+
+def main() -> None:
+    plugins = PluginHost()
+    try:
+        plugins.load_entry_points()
+    except HubError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    plugins.hook.hub_register_commands(cli=cli)
+    cli(obj=State(None, plugins), auto_envvar_prefix=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The composition root: wires configuration, plugins, storage and the three stages.
+
+`Hub.build()` validates everything that can be checked before running (configuration,
+plugin registries, mappings, database durability, migrations) and fails with a message
+naming the file and key. `Hub.run()` is `tryggbro serve` (HTTP + processing + dispatch
+in one asyncio process) or `tryggbro worker` (processing + dispatch only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from hub.builtin.routing import rules_from_config
+from hub.config import Config, validate_type_settings
+from hub.contracts import (
+    Adapter,
+    AdapterFactory,
+    AdapterSetup,
+    Destination,
+    DestinationType,
+    RouteEndpoint,
+    Source,
+    SourceType,
+)
+from hub.dispatch import Dispatcher
+from hub.errors import ConfigError
+from hub.intake import Intake
+from hub.logging import get_logger
+from hub.mappings import MappingStore
+from hub.plugins import PluginHost
+from hub.processing import Pipeline, Processor
+from hub.store.db import Database, acquire_owner_lock, open_database, upgrade
+from hub.store.repository import Repository
+
+log = get_logger("hub.runtime")
+
+
+@dataclass
+class Registries:
+    adapters: dict[str, AdapterFactory] = field(default_factory=dict)
+    destination_types: dict[str, DestinationType] = field(default_factory=dict)
+    source_types: dict[str, SourceType] = field(default_factory=dict)
+    routes: list[tuple[str, RouteEndpoint, list[str]]] = field(default_factory=list)
+
+
+def collect_registries(plugins: PluginHost) -> Registries:
+    reg = Registries()
+
+    def add_adapter(name: str, factory: AdapterFactory) -> None:
+        if name in reg.adapters:
+            raise ConfigError(f"two plugins register an adapter named {name!r}")
+        reg.adapters[name] = factory
+
+    def add_destination(dtype: DestinationType) -> None:
+        if dtype.name in reg.destination_types:
+            raise ConfigError(f"two plugins register a destination type named {dtype.name!r}")
+        reg.destination_types[dtype.name] = dtype
+
+    def add_source(stype: SourceType) -> None:
+        if stype.name in reg.source_types:
+            raise ConfigError(f"two plugins register a source type named {stype.name!r}")
+        reg.source_types[stype.name] = stype
+
+    def add_route(path: str, endpoint: RouteEndpoint, methods: list[str]) -> None:
+        if path.startswith(("/ingest", "/admin")):
+            raise ConfigError(f"plugin route {path!r}: /ingest and /admin are reserved")
+        reg.routes.append((path, endpoint, methods))
+
+    plugins.hook.hub_register_adapters(register=add_adapter)
+    plugins.hook.hub_register_destinations(register=add_destination)
+    plugins.hook.hub_register_sources(register=add_source)
+    plugins.hook.hub_register_routes(register=add_route)
+    return reg
+
+
+def _resolve_paths(config: Config, model: BaseModel) -> BaseModel:
+    """Relative Path settings of a plugin are relative to the configuration file."""
+    updates = {k: config.resolve(v) for k, v in model.__dict__.items()
+               if isinstance(v, Path) and not v.is_absolute()}
+    return model.model_copy(update=updates) if updates else model
+
+
+def worker_id(instance: str) -> str:
+    return f"{instance}@{socket.gethostname()}:{os.getpid()}"
+
+
+class Hub:
+    """One gateway instance: configuration, plugins, storage and stages."""
+
+    def __init__(self, config: Config, plugins: PluginHost, registries: Registries,
+                 mappings: MappingStore, db: Database, adapters: dict[str, Adapter],
+                 source_settings: dict[str, tuple[SourceType, BaseModel]]) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.registries = registries
+        self.mappings = mappings
+        self.db = db
+        self.repo = Repository(db)
+        self.adapters = adapters
+        self.worker = worker_id(config.hub.instance)
+        self.rules = rules_from_config(config)
+        self.destinations: dict[str, Destination] = {}
+        self.intake = Intake(self.repo, config.intake.max_batch, on_committed=self._wake_processor)
+        self.sources: dict[str, Source] = {}
+        for name, (stype, settings) in source_settings.items():
+            try:
+                self.sources[name] = stype.factory(name, settings, self.intake)
+            except ConfigError as exc:
+                raise ConfigError(f"{config.path}: {exc}") from None
+        self.health = Health()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._processor_wake: asyncio.Event | None = None
+        self._dispatch_wake: dict[str, asyncio.Event] = {}
+        self._stop: asyncio.Event | None = None
+
+    # ---------------------------------------------------------------------------------
+    # Building
+    # ---------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, config: Config, *, plugins: PluginHost | None = None, own: bool = False,
+              migrate: bool = True, database_url: str | None = None) -> Hub:
+        """Validate and wire everything. `own`: this process will run the stages (on
+        SQLite only one process may)."""
+        if plugins is None:
+            plugins = PluginHost()
+            plugins.load_entry_points()
+        registries = collect_registries(plugins)
+        config.validate_references(list(registries.adapters), list(registries.destination_types),
+                                   list(registries.source_types))
+        mappings = MappingStore.load(config.resolve(config.hub.mappings_dir))
+        adapters: dict[str, Adapter] = {}
+        source_settings: dict[str, tuple[SourceType, BaseModel]] = {}
+        for name, src in config.sources.items():
+            setup = AdapterSetup(name, src.options, mappings)
+            try:
+                adapters[name] = registries.adapters[src.adapter](setup)
+            except ConfigError as exc:
+                raise ConfigError(f"{config.path}: sources.{name}: {exc}") from None
+            stype = registries.source_types[src.type]
+            source_settings[name] = (stype, _resolve_paths(config, validate_type_settings(
+                config, f"sources.{name}", stype.settings_model, src.type_settings())))
+        url = database_url or config.database_url()
+        db = open_database(url, pool_size=config.database.pool_size)
+        try:
+            if own:
+                acquire_owner_lock(db)
+            if migrate:
+                upgrade(db)
+            return cls(config, plugins, registries, mappings, db, adapters, source_settings)
+        except Exception:
+            db.dispose()
+            raise
+
+    def build_destinations(self) -> None:
+        for name, dest in self.config.destinations.items():
+            dtype = self.registries.destination_types[dest.type]
+            settings = _resolve_paths(self.config, validate_type_settings(
+                self.config, f"destinations.{name}", dtype.settings_model, dest.type_settings()))
+            try:
+                self.destinations[name] = dtype.factory(name, settings)
+            except ConfigError as exc:
+                raise ConfigError(f"{self.config.path}: {exc}") from None
+
+    def pipeline(self, resolve: Callable[[Any], Any] | None = None) -> Pipeline:
+        return Pipeline(
+            hook=self.plugins.hook, adapters=self.adapters, mappings=self.mappings,
+            rules=self.rules, destinations=list(self.config.destinations), repo=self.repo,
+            resolve=resolve or self._resolve,
+        )
+
+    def processor(self) -> Processor:
+        p = self.config.processing
+        return Processor(self.repo, self.pipeline(), self.worker, batch_size=p.batch_size,
+                         lease_seconds=p.lease_seconds, max_attempts=p.max_attempts)
+
+    def _resolve(self, value: Any) -> Any:
+        """Resolve a hook's awaitable result from the processing thread."""
+        if not asyncio.iscoroutine(value) and not hasattr(value, "__await__"):
+            return value
+        loop = self._loop
+        if loop is not None and loop.is_running() and threading.current_thread() is not \
+                threading.main_thread():
+            async def wait() -> Any:
+                return await value
+            return asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout=60)
+
+        async def run() -> Any:
+            return await value
+        return asyncio.run(run())
+
+    # ---------------------------------------------------------------------------------
+    # Running
+    # ---------------------------------------------------------------------------------
+
+    def _wake_processor(self) -> None:
+        loop, wake = self._loop, self._processor_wake
+        if loop is not None and wake is not None:
+            loop.call_soon_threadsafe(wake.set)
+
+    def _wake_dispatchers(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            for wake in self._dispatch_wake.values():
+                loop.call_soon_threadsafe(wake.set)
+
+    async def run(self, *, serve_http: bool, ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGINT/SIGTERM (or `stop()`): intake, processing, dispatch, HTTP."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._processor_wake = asyncio.Event()
+        if self.db.is_sqlite:
+            await asyncio.to_thread(self.repo.release_all_leases)
+        self.build_destinations()
+        self.intake.start()
+        tasks = [asyncio.create_task(self._process_loop(), name="processor")]
+        for name, destination in self.destinations.items():
+            wake = self._dispatch_wake[name] = asyncio.Event()
+            dispatcher = Dispatcher(name, destination, self.repo, self.config.destinations[name],
+                                    self.worker, self.plugins.hook)
+            tasks.append(asyncio.create_task(dispatcher.run(self._stop, wake),
+                                             name=f"dispatch:{name}"))
+        self.health.tasks = tasks
+        for source in self.sources.values():
+            await source.start()
+        log.info("tryggbro running", worker=self.worker, http=serve_http,
+                 destinations=sorted(self.destinations), sources=sorted(self.sources),
+                 database=self.db.dialect)
+        try:
+            if serve_http:
+                await self._serve_http(ready)
+            else:
+                self._install_signal_handlers()
+                if ready:
+                    ready()
+                await self._stop.wait()
+        finally:
+            await self._shutdown(tasks)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    def _install_signal_handlers(self) -> None:
+        assert self._loop is not None
+        assert self._stop is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self._stop.set)
+
+    async def _serve_http(self, ready: Callable[[], None] | None) -> None:
+        import uvicorn
+
+        from hub.api.app import create_app
+
+        app = create_app(self)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=self.config.http.host, port=self.config.http.port,
+            root_path=self.config.http.root_path, log_config=None, access_log=False,
+            lifespan="off", timeout_keep_alive=30, h11_max_incomplete_event_size=64 * 1024,
+            server_header=False,
+        ))
+
+        async def watch_stop() -> None:
+            assert self._stop is not None
+            await self._stop.wait()
+            server.should_exit = True
+
+        watcher = asyncio.create_task(watch_stop())
+        if ready:
+            async def announce() -> None:
+                while not server.started:
+                    await asyncio.sleep(0.02)
+                ready()
+            announcer = asyncio.create_task(announce())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+            if ready:
+                announcer.cancel()
+
+    async def _process_loop(self) -> None:
+        assert self._stop is not None
+        assert self._processor_wake is not None
+        processor = self.processor()
+        poll = self.config.processing.poll_seconds
+        while not self._stop.is_set():
+            try:
+                handled, deliveries = await asyncio.to_thread(processor.run_batch)
+            except Exception:
+                log.exception("processing round failed; retrying")
+                handled, deliveries = 0, 0
+                await asyncio.sleep(poll)
+            if deliveries:
+                self._wake_dispatchers()
+            if handled >= processor.batch_size:
+                continue
+            self._processor_wake.clear()
+            if handled:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._processor_wake.wait(), timeout=poll)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        assert self._stop is not None
+        self._stop.set()
+        for source in self.sources.values():
+            try:
+                await source.stop()
+            except Exception:
+                log.exception("source failed to stop")
+        await asyncio.to_thread(self.intake.stop)
+        _, pending = await asyncio.wait(tasks, timeout=15)
+        for task in pending:
+            task.cancel()
+        for destination in self.destinations.values():
+            try:
+                await destination.aclose()
+            except Exception:
+                log.exception("destination failed to close")
+        log.info("tryggbro stopped", worker=self.worker)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+@dataclass
+class Health:
+    """What /readyz reports: are the stages' tasks alive?"""
+
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def problems(self) -> Mapping[str, str]:
+        found = {}
+        for task in self.tasks:
+            if task.done():
+                exc = None if task.cancelled() else task.exception()
+                found[task.get_name()] = f"stopped: {type(exc).__name__ if exc else 'cancelled'}"
+        return found
