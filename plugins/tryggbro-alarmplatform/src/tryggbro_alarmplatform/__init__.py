@@ -1,0 +1,1 @@
+"""Tryggbro adapter for a safety-alarm response platform's JSON webhook."""

@@ -1,0 +1,110 @@
+"""Webhook JSON → canonical events. Codes come from mappings/alarmplatform.toml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub.contracts import AdapterSetup, IntakeRequest
+from hub.domain.model import (
+    AlarmDetails,
+    AlarmStatus,
+    Category,
+    DeviceRef,
+    Event,
+    OrganisationRef,
+    StoredMessage,
+    TimelineEntry,
+)
+from hub.errors import InputError, MappingError
+from hub.jsonsafe import loads_strict
+from tryggbro_alarmplatform.schema import Alarm, Device, Webhook
+
+TABLE = "alarmplatform"
+_STATUS = {
+    "alarm.raised": AlarmStatus.RAISED,
+    "alarm.handled": AlarmStatus.IN_PROGRESS,
+    "alarm.acknowledged": AlarmStatus.CLOSED,
+}
+CALL_OUT_ACCEPTED = "5"  # vkp-composition-event: utrykning akseptert
+ACKNOWLEDGED = "3"  # vkp-composition-event: hendelse kvittert
+
+
+class AlarmPlatformAdapter:
+    def __init__(self, setup: AdapterSetup) -> None:
+        table = setup.mappings.table(TABLE)
+        self.source = setup.source
+        self.triggers = table.section("triggers")
+        self.trigger_texts = table.section("trigger_texts")
+        self.steps = table.section("timeline_steps")
+        self.contact_modes = table.section("contact_modes")
+        self.priorities = table.section("priorities")
+
+    def intake_key(self, request: IntakeRequest) -> str | None:
+        data = loads_strict(request.body)
+        if not isinstance(data, dict):
+            raise InputError("malformed-payload", "the body must be a JSON object")
+        event_id = data.get("eventId")
+        if not isinstance(event_id, str) or not event_id:
+            raise InputError("malformed-payload", "eventId: required, a non-empty string")
+        return event_id
+
+    def parse(self, message: StoredMessage) -> list[Event]:
+        data: Any = loads_strict(message.body)
+        try:
+            hook = Webhook.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            )
+            raise InputError("malformed-payload", problems) from None
+        if hook.alarm is not None:
+            return [self._alarm_event(hook, hook.alarm)]
+        assert hook.device is not None
+        return [Event(
+            source=self.source, business_key=hook.event_id, kind=hook.type,
+            category=Category.DEVICE_HEALTH, occurred_at=hook.occurred_at,
+            device=_device(hook.device),
+        )]
+
+    def _alarm_event(self, hook: Webhook, alarm: Alarm) -> Event:
+        timeline = tuple(
+            TimelineEntry(code=self.steps.lookup(s.step), at=s.at, note=s.note)
+            for s in sorted(alarm.handling.timeline, key=lambda s: s.at)
+        )
+        status = _STATUS[hook.type]
+        closed_at = alarm.handling.closed_at
+        if status is AlarmStatus.CLOSED and closed_at is None:
+            acks = [t.at for t in timeline if t.code == ACKNOWLEDGED]
+            closed_at = acks[-1] if acks else hook.occurred_at
+        mode = None
+        if alarm.handling.contact:
+            mode = self.contact_modes.lookup(alarm.handling.contact)
+        centre = None
+        if alarm.response_centre is not None:
+            centre = OrganisationRef(alarm.response_centre.org_number, alarm.response_centre.name)
+        details = AlarmDetails(
+            alarm_id=alarm.id, status=status, raised_at=alarm.raised_at,
+            closed_at=closed_at if status is AlarmStatus.CLOSED else None,
+            encounter_mode=mode,
+            call_out=any(t.code == CALL_OUT_ACCEPTED for t in timeline),
+            timeline=timeline, operator_id=alarm.handling.operator_id,
+            response_centre=centre, display_url=alarm.portal_url,
+            trigger_text=self.trigger_texts.get(alarm.trigger),
+        )
+        severity = self.priorities.get(alarm.priority or "")
+        if severity is None:
+            raise MappingError(f"alarm priority {alarm.priority!r} has no mapping")
+        return Event(
+            source=self.source, business_key=alarm.id, kind=hook.type,
+            category=Category.SAFETY_ALARM, occurred_at=hook.occurred_at,
+            device=_device(alarm.device), code=self.triggers.lookup(alarm.trigger),
+            severity=severity, snapshot=True, alarm=details,
+        )
+
+
+def _device(device: Device) -> DeviceRef:
+    return DeviceRef(id=device.id, model=device.model, type=device.type,
+                     location=device.location)
