@@ -244,11 +244,21 @@ def _find_secrets(data: Mapping[str, Any], prefix: str = "") -> list[str]:
     return found
 
 
+def _mask_url(value: str) -> str:
+    """A URL as it may appear in an error: never with its password."""
+    try:
+        return make_url(value).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a URL)"
+
+
 def format_validation_error(path: Path, exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".")
         got = err.get("input")
+        if isinstance(got, str) and "://" in got:
+            got = _mask_url(got)
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         if err["type"] == "missing":
             shown = ""
