@@ -1,0 +1,1 @@
+"""Real third-party and loopback test peers (Medplum, PostgreSQL, fault proxy, HTTP receiver)."""
