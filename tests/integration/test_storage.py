@@ -1,0 +1,221 @@
+"""Storage on real SQLite and real PostgreSQL: migrations, dedup, leases, claims, FIFO."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from hub.domain.model import DeliveryState, EventState, MessageState, RawMessage
+from hub.store.db import current_revision, head_revision, open_database, upgrade
+from hub.store.repository import (
+    AttemptRecord,
+    MessageOutcome,
+    PlannedDelivery,
+    PlannedEvent,
+    Repository,
+)
+from hub.store.tables import metadata
+
+NOW = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def repo(db_url):
+    db = open_database(db_url)
+    upgrade(db)
+    yield Repository(db)
+    db.dispose()
+
+
+def raw(key, body=b"{}", source="vendor"):
+    return RawMessage(source, key, "application/json", body, NOW)
+
+
+def test_migrations_reach_head_and_match_the_models(repo):
+    assert current_revision(repo.db) == head_revision()
+    with repo.db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    upgrade(repo.db)  # idempotent at head
+
+
+def test_intake_dedup_within_and_across_batches(repo):
+    first = repo.insert_messages([raw("a"), raw("b"), raw("a")])
+    assert [r.duplicate for r in first] == [False, False, True]
+    assert first[2].id == first[0].id
+    again = repo.insert_messages([raw("a"), raw("a", b'{"changed": 1}'), raw("a", source="x")])
+    assert again[0].id == first[0].id
+    assert again[0].duplicate
+    assert again[0].same_body
+    assert not again[1].same_body  # same key, different body: reported, still one row
+    assert not again[2].duplicate  # the key is per source
+    assert repo.status().messages == {"received": 3}
+
+
+def test_concurrent_claims_take_each_message_once(repo):
+    ids = {r.id for r in repo.insert_messages([raw(f"m{i}") for i in range(400)])}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name):
+        while True:
+            batch = repo.claim_messages(name, 25, 30, 5)
+            if not batch:
+                return
+            with lock:
+                claimed.extend(m.id for m in batch)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counter(claimed) == Counter(ids)
+
+
+def outcome_with(message_id, destination="ehr", order_key="k1", priority=50, seq=0):
+    return MessageOutcome(message_id, MessageState.PROCESSED, None, [
+        PlannedEvent(seq=seq, source="vendor", business_key=f"b{message_id}", kind="alarm.raised",
+                     category="safety_alarm", code="3", device_id="d", occurred_at=NOW,
+                     priority=priority, snapshot=False, state=EventState.ROUTED, summary={},
+                     bundle_id=f"bundle-{message_id}", payload='{"resourceType":"Bundle"}',
+                     deliveries=[PlannedDelivery(destination, priority, order_key)])])
+
+
+def plan(repo, specs):
+    """specs: list of (order_key, priority); returns delivery ids in creation order."""
+    results = repo.insert_messages([raw(f"k{i}-{time.monotonic_ns()}") for i in range(len(specs))])
+    claimed = repo.claim_messages("proc", len(specs), 30, 5)
+    assert len(claimed) == len(specs)
+    outcomes = [outcome_with(r.id, order_key=k, priority=p)
+                for r, (k, p) in zip(results, specs, strict=True)]
+    assert repo.save_outcomes("proc", outcomes) == []
+    return [d["id"] for r in results for d in repo.message_trace(r.id)["deliveries"]]
+
+
+def finish(repo, worker, claimed, state=DeliveryState.DELIVERED, not_before=None):
+    now = datetime.now(UTC)
+    return repo.record_attempts(worker, "ehr", [AttemptRecord(
+        delivery_id=c.id, attempt=c.attempt, started_at=now, finished_at=now,
+        outcome="delivered" if state is DeliveryState.DELIVERED else "retry",
+        status_code=200, detail="x", retry_after=None, new_state=state,
+        not_before=not_before or now) for c in claimed])
+
+
+def test_per_key_fifo_one_in_flight_and_retry_blocks_the_key(repo):
+    first, second, other = plan(repo, [("patient-a", 50), ("patient-a", 50), ("patient-b", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 10, 60)
+    assert sorted(c.id for c in batch) == [first, other]  # second waits behind first
+    by_id = {c.id: c for c in batch}
+    assert repo.claim_deliveries("ehr", "w2", 10, 60) == []
+    # first fails and backs off: patient-a stays blocked, patient-b flows
+    finish(repo, "w1", [by_id[first]], DeliveryState.PENDING,
+           datetime.now(UTC) + timedelta(seconds=0.3))
+    finish(repo, "w1", [by_id[other]])
+    assert repo.claim_deliveries("ehr", "w1", 10, 60) == []
+    time.sleep(0.35)
+    again = repo.claim_deliveries("ehr", "w1", 10, 60)
+    assert [c.id for c in again] == [first]
+    assert again[0].attempt == 2
+    finish(repo, "w1", again)
+    assert [c.id for c in repo.claim_deliveries("ehr", "w1", 10, 60)] == [second]
+
+
+def test_dead_letter_does_not_block_its_key_for_ever(repo):
+    first, second = plan(repo, [("patient-a", 50), ("patient-a", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 10, 60)
+    finish(repo, "w1", batch, DeliveryState.DEAD)
+    assert [c.id for c in repo.claim_deliveries("ehr", "w1", 10, 60)] == [second]
+    assert repo.retry_delivery(first) == "retrying"
+    assert repo.retry_delivery(second) == "in-flight"
+
+
+def test_alarms_are_claimed_before_older_ordinary_deliveries(repo):
+    low, alarm, mid = plan(repo, [("a", 10), ("b", 100), ("c", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 2, 60)
+    assert [c.id for c in batch] == [alarm, mid]
+    assert low not in {c.id for c in batch}
+
+
+def test_concurrent_delivery_claims_never_double_claim(repo):
+    ids = set(plan(repo, [(f"key-{i}", 50) for i in range(200)]))
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name):
+        while True:
+            batch = repo.claim_deliveries("ehr", name, 16, 60)
+            if not batch:
+                return
+            finish(repo, name, batch)
+            with lock:
+                claimed.extend(c.id for c in batch)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Counter(claimed) == Counter(ids)
+    assert repo.status().deliveries == {"ehr": {"delivered": 200}}
+
+
+def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off(repo):
+    (delivery,) = plan(repo, [("k", 100)])
+    (old,) = repo.claim_deliveries("ehr", "dead-worker", 10, lease_seconds=0.2)
+    assert repo.claim_deliveries("ehr", "new-worker", 10, 60) == []
+    time.sleep(0.3)
+    (new,) = repo.claim_deliveries("ehr", "new-worker", 10, 60)
+    assert new.id == delivery
+    assert new.attempt == 2
+    assert finish(repo, "dead-worker", [old]) == [delivery]  # lost: not recorded as state
+    assert finish(repo, "new-worker", [new]) == []
+    (recorded,) = repo.message_trace(new.message_id)["deliveries"]
+    assert recorded["state"] == "delivered"
+    assert [a["worker"] for a in recorded["attempt_log"]] == ["dead-worker", "new-worker"]
+
+
+def test_expired_processing_lease_and_crash_looping_message(repo):
+    (msg,) = repo.insert_messages([raw("loop")])
+    for attempt in range(1, 4):
+        (m,) = repo.claim_messages(f"w{attempt}", 10, 0.05, max_attempts=3)
+        assert m.attempts == attempt
+        time.sleep(0.1)  # the worker "dies": its lease expires
+    assert repo.claim_messages("w4", 10, 0.05, max_attempts=3) == []
+    trace = repo.message_trace(msg.id)
+    assert trace["state"] == "failed"
+    assert "did not complete in 3 attempts" in trace["reason"]
+    assert repo.reprocess(msg.id) == "queued"
+    (again,) = repo.claim_messages("w5", 10, 30, max_attempts=3)
+    assert again.attempts == 1
+
+
+def test_a_result_saved_after_losing_the_lease_is_discarded(repo):
+    (msg,) = repo.insert_messages([raw("slow")])
+    repo.claim_messages("slow-worker", 10, 0.05, 5)
+    time.sleep(0.1)
+    repo.claim_messages("fast-worker", 10, 30, 5)
+    assert repo.save_outcomes("slow-worker", [outcome_with(msg.id)]) == [msg.id]
+    assert repo.save_outcomes("fast-worker", [outcome_with(msg.id)]) == []
+    assert len(repo.message_trace(msg.id)["deliveries"]) == 1
+
+
+def test_operator_actions_and_their_refusals(repo):
+    (delivery,) = plan(repo, [("k", 50)])
+    batch = repo.claim_deliveries("ehr", "w", 10, 60)
+    finish(repo, "w", batch, DeliveryState.DEAD)
+    assert repo.status().deliveries["ehr"] == {"dead": 1}
+    assert repo.retry_all_dead() == 1
+    batch = repo.claim_deliveries("ehr", "w", 10, 60)
+    finish(repo, "w", batch)
+    assert repo.retry_delivery(delivery) == "already-delivered"
+    assert repo.retry_delivery(999_999) == "not-found"
+    message_id = batch[0].message_id
+    assert repo.reprocess(message_id) == "state-processed"
+    assert repo.reprocess(999_999) == "not-found"

@@ -1,0 +1,84 @@
+"""Mapped output: R4 structure by fhir.resources, VKP rules by our own checks."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from hub.errors import ValidationFailure
+from hub.fhir import validate_bundle
+from hub.mappings import MappingStore
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = MappingStore.load(ROOT / "mappings")
+GOLDEN = ROOT / "fixtures/alarmplatform/cases/02-alarm-lifecycle/expected.json"
+
+
+@pytest.fixture
+def bundle():
+    return copy.deepcopy(json.loads(GOLDEN.read_text())[2]["events"][0]["bundle"])
+
+
+def resource(bundle, rtype):
+    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype)
+
+
+def problems(bundle):
+    with pytest.raises(ValidationFailure) as info:
+        validate_bundle(bundle, MAPPINGS)
+    return info.value.problems
+
+
+def test_golden_bundle_is_valid(bundle):
+    validate_bundle(bundle, MAPPINGS)
+
+
+def test_alert_code_outside_vkp_alert_code(bundle):
+    resource(bundle, "DetectedIssue")["code"]["coding"][0]["code"] = "3.9"
+    assert any("code: code '3.9' is not in vkp-alert-code" in p for p in problems(bundle))
+
+
+def test_patient_with_bad_check_digits(bundle):
+    resource(bundle, "DetectedIssue")["patient"]["identifier"]["value"] = "01819012013"
+    assert any("patient.identifier: FNR is not 11 digits with valid mod-11" in p
+               for p in problems(bundle))
+
+
+def test_patient_by_literal_reference_is_refused(bundle):
+    resource(bundle, "Encounter")["subject"]["reference"] = "Patient/123"
+    assert any("subject: VKP references the patient by identifier only" in p
+               for p in problems(bundle))
+
+
+def test_encounter_without_participant_or_period_start(bundle):
+    enc = resource(bundle, "Encounter")
+    enc["participant"] = []
+    del enc["period"]["start"]
+    found = problems(bundle)
+    assert any("participant: at least one is required" in p for p in found)
+    assert any("period.start: required" in p for p in found)
+
+
+def test_status_binding_that_fhir_resources_does_not_check(bundle):
+    resource(bundle, "Composition")["status"] = "bogus"
+    assert any("status 'bogus' is not one of" in p for p in problems(bundle))
+
+
+def test_composition_event_code_two_does_not_exist(bundle):
+    resource(bundle, "Composition")["event"][0]["code"][0]["coding"][0]["code"] = "2"
+    assert any("event[0].code: code '2' is not in vkp-composition-event" in p
+               for p in problems(bundle))
+
+
+def test_structure_errors_come_from_the_r4_models(bundle):
+    resource(bundle, "DetectedIssue")["identifiedDateTime"] = "yesterday"
+    del resource(bundle, "Encounter")["class"]
+    found = problems(bundle)
+    assert any("identifiedDateTime" in p for p in found)
+    assert any("class" in p for p in found)
+
+
+def test_non_idempotent_request_is_refused(bundle):
+    bundle["entry"][0]["request"] = {"method": "POST", "url": "DetectedIssue"}
+    assert any("request must be PUT DetectedIssue/" in p for p in problems(bundle))
