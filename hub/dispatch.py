@@ -113,7 +113,7 @@ class Dispatcher:
                 delivery_id=c.id, attempt=c.attempt, started_at=started, finished_at=finished,
                 outcome=outcome.kind.value, status_code=outcome.status_code,
                 detail=outcome.detail, retry_after=outcome.retry_after, new_state=t.state,
-                not_before=t.not_before, escalate=t.escalate,
+                not_before=t.not_before, error=t.error, escalate=t.escalate,
                 pause_until=t.pause_destination_until,
             ))
         lost = set(await asyncio.to_thread(self.repo.record_attempts, self.worker, self.name,

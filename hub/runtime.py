@@ -215,8 +215,12 @@ class Hub:
             for wake in self._dispatch_wake.values():
                 loop.call_soon_threadsafe(wake.set)
 
-    async def run(self, *, serve_http: bool, ready: Callable[[], None] | None = None) -> None:
-        """Run until SIGINT/SIGTERM (or `stop()`): intake, processing, dispatch, HTTP."""
+    async def run(self, *, serve_http: bool, ready: Callable[[], None] | None = None,
+                  handle_signals: bool = True) -> None:
+        """Run until SIGINT/SIGTERM (or `stop()`): intake, processing, dispatch, HTTP.
+
+        `handle_signals=False` leaves signal handling to the caller (tests, embedding).
+        """
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._processor_wake = asyncio.Event()
@@ -239,9 +243,10 @@ class Hub:
                  database=self.db.dialect)
         try:
             if serve_http:
-                await self._serve_http(ready)
+                await self._serve_http(ready, handle_signals)
             else:
-                self._install_signal_handlers()
+                if handle_signals:
+                    self._install_signal_handlers()
                 if ready:
                     ready()
                 await self._stop.wait()
@@ -258,7 +263,8 @@ class Hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, self._stop.set)
 
-    async def _serve_http(self, ready: Callable[[], None] | None) -> None:
+    async def _serve_http(self, ready: Callable[[], None] | None,
+                          handle_signals: bool = True) -> None:
         import uvicorn
 
         from hub.api.app import create_app
@@ -276,6 +282,8 @@ class Hub:
             await self._stop.wait()
             server.should_exit = True
 
+        if not handle_signals:  # the embedding program owns SIGINT/SIGTERM
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         watcher = asyncio.create_task(watch_stop())
         if ready:
             async def announce() -> None:

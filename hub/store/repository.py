@@ -147,6 +147,7 @@ class AttemptRecord:
     retry_after: float | None
     new_state: DeliveryState
     not_before: datetime
+    error: str | None = None  # why the delivery is not delivered (None when it is)
     escalate: bool = False
     pause_until: datetime | None = None
 
@@ -495,8 +496,7 @@ class Repository:
                 values: dict[str, Any] = {
                     "state": r.new_state.value,
                     "not_before": to_db(r.not_before),
-                    "last_error": safe_error_text(r.detail) if r.detail and
-                    r.new_state is not DeliveryState.DELIVERED else None,
+                    "last_error": safe_error_text(r.error) if r.error else None,
                     "last_status": r.status_code,
                     "lease_owner": None,
                     "lease_until": None,

@@ -105,7 +105,8 @@ def finish(repo, worker, claimed, state=DeliveryState.DELIVERED, not_before=None
         delivery_id=c.id, attempt=c.attempt, started_at=now, finished_at=now,
         outcome="delivered" if state is DeliveryState.DELIVERED else "retry",
         status_code=200, detail="x", retry_after=None, new_state=state,
-        not_before=not_before or now) for c in claimed])
+        not_before=not_before or now,
+        error=None if state is DeliveryState.DELIVERED else "x") for c in claimed])
 
 
 def test_per_key_fifo_one_in_flight_and_retry_blocks_the_key(repo):

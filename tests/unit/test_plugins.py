@@ -37,7 +37,7 @@ def test_builtins_load_through_entry_points_with_versions():
     host = PluginHost()
     host.load_entry_points()
     infos = {p.name: p for p in host.plugins()}
-    assert BUILTINS <= set(infos)
+    assert set(infos) >= BUILTINS
     for name in BUILTINS:
         assert infos[name].builtin
         assert infos[name].distribution == "tryggbro"
@@ -53,7 +53,7 @@ def test_load_only_named_third_party_plugins(monkeypatch):
     host.load_entry_points()
     names = {p.name for p in host.plugins()}
     assert "alarmplatform" not in names
-    assert BUILTINS <= names
+    assert names >= BUILTINS
     monkeypatch.setenv(LOAD_ENV, "alarmplatform")
     host = PluginHost()
     host.load_entry_points()

@@ -1,0 +1,167 @@
+"""Dispatch against a real HTTP receiver: order per key, retries with Retry-After, dead
+letters and operator retry, alarms that never give up, paused destinations."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import pytest
+
+from hub.domain.model import RawMessage
+from tests.integration.helpers import PATIENTS, alarm_event, body, build_hub, enrol
+from tests.integration.running import running, wait_until
+from tests.peers.receiver import RecordingReceiver
+
+OO_400 = json.dumps({"resourceType": "OperationOutcome", "issue": [
+    {"severity": "error", "code": "invalid", "diagnostics": "Unknown code system"}]}).encode()
+
+
+@pytest.fixture
+def receiver():
+    with RecordingReceiver() as r:
+        yield r
+
+
+def fhir_destination(receiver, **extra):
+    return {"ehr": {"type": "fhir-rest", "base_url": f"{receiver.url}/fhir/R4",
+                    "timeout_seconds": 2, "concurrency": 4, **extra}}
+
+
+def ingest(hub, *events):
+    return [hub.intake.submit_sync(RawMessage("alarmplatform", e["eventId"], "application/json",
+                                              body(e), datetime.now(UTC))).id for e in events]
+
+
+def deliveries(hub, message_id):
+    return hub.repo.message_trace(message_id)["deliveries"]
+
+
+def state_of(hub, message_id):
+    found = deliveries(hub, message_id)
+    return found[0]["state"] if found else None
+
+
+def attempts_of(hub, message_id):
+    found = deliveries(hub, message_id)
+    return found[0]["attempts"] if found else 0
+
+
+def patient_of(request):
+    bundle = json.loads(request.body)
+    return bundle["entry"][0]["resource"]["patient"]["identifier"]["value"], bundle["id"]
+
+
+async def test_delivers_everything_in_order_per_patient(tmp_path, db_url, receiver):
+    hub = build_hub(tmp_path, db_url, fhir_destination(receiver))
+    devices = [f"TA-{i}" for i in range(3)]
+    for device, patient in zip(devices, PATIENTS, strict=False):
+        enrol(hub, device, patient)
+    events = [alarm_event(f"e{n}", f"A{n}", devices[n % 3]) for n in range(30)]
+    ids = ingest(hub, *events)
+    try:
+        async with running(hub):
+            await wait_until(lambda: receiver.count() >= 30, what="30 deliveries")
+            await wait_until(lambda: hub.repo.status().deliveries["ehr"] == {"delivered": 30})
+    finally:
+        hub.close()
+    seen = defaultdict(list)
+    for request in receiver.requests():
+        assert request.method == "POST"
+        assert request.path == "/fhir/R4/"
+        assert request.headers["content-type"] == "application/fhir+json; fhirVersion=4.0"
+        patient, bundle_id = patient_of(request)
+        seen[patient].append(bundle_id)
+    sent = defaultdict(list)
+    for message_id, event in zip(ids, events, strict=True):
+        patient = PATIENTS[devices.index(event["alarm"]["device"]["id"])]
+        sent[patient].append(hub.repo.message_trace(message_id)["events"][0]["bundle_id"])
+    assert seen == sent  # same bundles, same order, per patient
+
+
+async def test_retry_after_is_honoured_then_delivered(tmp_path, db_url, receiver):
+    receiver.set_status(503, {"Retry-After": "1"})
+    hub = build_hub(tmp_path, db_url, fhir_destination(receiver))
+    enrol(hub, "TA-1")
+    (message_id,) = ingest(hub, alarm_event("e1", "A1", "TA-1"))
+    try:
+        async with running(hub):
+            await wait_until(lambda: receiver.count() >= 2, what="a retry")
+            receiver.set_status(200)
+            await wait_until(lambda: state_of(hub, message_id) == "delivered")
+    finally:
+        hub.close()
+    times = [r.time for r in receiver.requests()]
+    assert all(b - a >= 0.95 for a, b in itertools.pairwise(times))
+    log = deliveries(hub, message_id)[0]["attempt_log"]
+    assert log[0]["outcome"] == "retry"
+    assert log[0]["status_code"] == 503
+    assert log[0]["retry_after"] == 1.0
+    assert log[-1]["outcome"] == "delivered"
+
+
+async def test_rejected_is_dead_lettered_until_an_operator_retries(tmp_path, db_url, receiver):
+    receiver.set_status(400, body=OO_400)
+    hub = build_hub(tmp_path, db_url, fhir_destination(receiver))
+    enrol(hub, "TA-1")
+    (message_id,) = ingest(hub, alarm_event("e1", "A1", "TA-1"))
+    try:
+        async with running(hub):
+            await wait_until(lambda: state_of(hub, message_id) == "dead")
+            (d,) = deliveries(hub, message_id)
+            assert d["last_error"] == "HTTP 400: Unknown code system"
+            assert d["escalated"]  # an alarm in the dead letters pages a human
+            assert receiver.count() == 1  # no retry storm on a permanent error
+            receiver.set_status(200)
+            assert hub.repo.retry_all_dead() == 1
+            await wait_until(lambda: state_of(hub, message_id) == "delivered")
+    finally:
+        hub.close()
+
+
+async def test_alarms_keep_retrying_ordinary_deliveries_give_up(tmp_path, db_url, receiver):
+    receiver.set_status(503)
+    routes = [{"name": "ordinary-for-4601", "match": {"municipalities": ["4601"]},
+               "destinations": ["ehr"], "priority": 50},
+              {"name": "alarms", "match": {"categories": ["safety_alarm"]},
+               "destinations": ["ehr"]}]
+    hub = build_hub(tmp_path, db_url, fhir_destination(receiver), routes=routes)
+    enrol(hub, "TA-ALARM", PATIENTS[0])
+    enrol(hub, "TA-ORDINARY", PATIENTS[1], municipality="4601")
+    alarm, ordinary = ingest(hub, alarm_event("e1", "A1", "TA-ALARM"),
+                             alarm_event("e2", "A2", "TA-ORDINARY"))
+    try:
+        async with running(hub):
+            await wait_until(lambda: state_of(hub, ordinary) == "dead")
+            await wait_until(lambda: attempts_of(hub, alarm) >= 7,
+                             what="alarm attempts beyond the ordinary limit")
+            (a,) = deliveries(hub, alarm)
+            assert a["state"] in ("pending", "leased")
+            assert a["escalated"]
+    finally:
+        hub.close()
+    (o,) = deliveries(hub, ordinary)
+    assert o["attempts"] == 4
+    assert o["last_error"].startswith("gave up after 4 attempts: HTTP 503")
+
+
+async def test_refused_credentials_pause_the_destination(tmp_path, db_url, receiver):
+    receiver.set_status(401)
+    hub = build_hub(tmp_path, db_url, fhir_destination(receiver))
+    enrol(hub, "TA-1")
+    first, second = ingest(hub, alarm_event("e1", "A1", "TA-1"),
+                           alarm_event("e2", "A2", "TA-1"))
+    try:
+        async with running(hub):
+            await wait_until(lambda: "ehr" in hub.repo.status().paused, what="a pause")
+            count = receiver.count()
+            assert count == 1  # one refusal pauses everything for this destination
+            assert "credentials refused" in hub.repo.status().paused["ehr"]["reason"]
+            receiver.set_status(200)
+            await wait_until(lambda: all(state_of(hub, m) == "delivered"
+                                         for m in (first, second)))
+            assert hub.repo.status().paused == {}
+    finally:
+        hub.close()
