@@ -43,7 +43,10 @@ def detected_issue(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[s
         "resourceType": "DetectedIssue",
         "id": rid,
         "meta": {"profile": [vkp.PROFILE_DETECTED_ISSUE]},
-        "identifier": [vkp.uuid_identifier(rid)],
+        # The vendor's case id lets staff find the case in the vendor's portal.
+        "identifier": [vkp.uuid_identifier(rid),
+                       {"system": vkp.ALARM_ID_SYSTEM_PREFIX + event.source,
+                        "value": alarm.alarm_id}],
         "status": "final" if alarm.status is AlarmStatus.CLOSED else "preliminary",
         "code": vkp.concept(ctx.mappings, vkp.ALERT_CODE, event.code),
         "patient": vkp.person_reference(ctx.enrolment.patient),

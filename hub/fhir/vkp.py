@@ -8,10 +8,12 @@ OIDs; patients are referenced by identifier (a logical reference), never by id.
 from __future__ import annotations
 
 import html
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from hub.domain.ids import TRYGGBRO_NAMESPACE
 from hub.domain.model import DeviceRef, OrganisationRef, PersonId
 from hub.mappings import MappingStore
 
@@ -26,8 +28,10 @@ UUID_SYSTEM = "urn:ietf:rfc:3986"
 ORG_NUMBER_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"  # Enhetsregisteret
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 LOINC = "http://loinc.org"
-# Identifier system for vendor device ids when the vendor publishes none of its own.
+# Identifier systems for vendor ids when the vendor publishes none of its own; the
+# configured source name completes them (urn:tryggbro:alarm:<source>).
 DEVICE_ID_SYSTEM_PREFIX = "urn:tryggbro:device:"
+ALARM_ID_SYSTEM_PREFIX = "urn:tryggbro:alarm:"
 
 ALERT_CODE = "vkp-alert-code"
 COMPOSITION_EVENT = "vkp-composition-event"
@@ -109,6 +113,10 @@ def narrative(lines: Sequence[str]) -> dict[str, str]:
     }
 
 
+def entry_handle(resource_type: str, resource_id: str) -> str:
+    return str(uuid.uuid5(TRYGGBRO_NAMESPACE, f"fullUrl|{resource_type}/{resource_id}"))
+
+
 def transaction_bundle(
     bundle_id: str, timestamp: datetime, resources: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -116,6 +124,9 @@ def transaction_bundle(
 
     Update-as-create converges on retries and replays (reliability.md §3.1); a
     transaction makes the EHR see an alarm's resources together or not at all.
+    Each entry's fullUrl is a handle of its own, never equal to the resource's
+    `urn:uuid` identifier: some servers (Medplum among them) rewrite every string equal
+    to a fullUrl, identifiers included, into the new resource's location.
     """
     return {
         "resourceType": "Bundle",
@@ -124,7 +135,7 @@ def transaction_bundle(
         "timestamp": instant(timestamp),
         "entry": [
             {
-                "fullUrl": f"urn:uuid:{r['id']}",
+                "fullUrl": f"urn:uuid:{entry_handle(r['resourceType'], r['id'])}",
                 "resource": r,
                 "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
             }

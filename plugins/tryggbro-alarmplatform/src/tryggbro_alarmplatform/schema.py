@@ -65,7 +65,7 @@ class Webhook(Model):
     @model_validator(mode="after")
     def _payload_matches_type(self) -> Webhook:
         if self.type.startswith("alarm.") and self.alarm is None:
-            raise ValueError(f"a {self.type} event needs an 'alarm' object")
+            raise ValueError(f"type {self.type} needs an 'alarm' object")
         if self.type.startswith("device.") and self.device is None:
-            raise ValueError(f"a {self.type} event needs a 'device' object")
+            raise ValueError(f"type {self.type} needs a 'device' object")
         return self
