@@ -29,6 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import aliased
 
 from hub.domain.model import (
@@ -50,6 +51,7 @@ from hub.store.tables import (
     EventRecord,
     Journal,
 )
+from hub.store.transient import transient
 
 J: Table = Journal.__table__  # type: ignore[attr-defined]
 E: Table = EventRecord.__table__  # type: ignore[attr-defined]
@@ -183,6 +185,7 @@ class Repository:
     # Intake
     # ---------------------------------------------------------------------------------
 
+    @transient
     def insert_messages(self, raws: Sequence[RawMessage]) -> list[IntakeResult]:
         """Journal a batch in one transaction (group commit); duplicates create nothing.
 
@@ -226,6 +229,7 @@ class Repository:
     # Processing
     # ---------------------------------------------------------------------------------
 
+    @transient
     def release_all_leases(self) -> None:
         """At start-up on SQLite (one owning process): leases of a killed predecessor are
         void at once, so work resumes immediately instead of after the lease time."""
@@ -250,6 +254,7 @@ class Repository:
                 select(J.c.id).where(J.c.state == MessageState.RECEIVED.value).limit(1)
             ).first() is not None
 
+    @transient
     def claim_messages(
         self, worker: str, limit: int, lease_seconds: float, max_attempts: int
     ) -> list[StoredMessage]:
@@ -306,6 +311,7 @@ class Repository:
                 )
         return claimed
 
+    @transient
     def newer_snapshot_exists(self, source: str, business_key: str, occurred_at: datetime,
                               exclude_message: int) -> bool:
         """Whether a routed snapshot event about the same thing is newer than this one."""
@@ -321,6 +327,7 @@ class Repository:
                 ).limit(1)
             ).first() is not None
 
+    @transient
     def save_outcomes(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
         """Write each message's events, deliveries and new state atomically (a savepoint
         per message inside one transaction). Returns ids whose lease was lost (skipped)."""
@@ -335,6 +342,8 @@ class Repository:
                         savepoint.rollback()
                         continue
                     savepoint.commit()
+                except OperationalError:
+                    raise  # the connection, not this message: retry the whole batch
                 except Exception as exc:
                     savepoint.rollback()
                     self._fail_message(conn, worker, outcome.message_id,
@@ -390,6 +399,7 @@ class Repository:
     # Dispatch
     # ---------------------------------------------------------------------------------
 
+    @transient
     def paused_until(self, destination: str) -> datetime | None:
         with self.db.read_engine.connect() as conn:
             value = conn.execute(
@@ -399,6 +409,7 @@ class Repository:
             return None
         return from_db(value)
 
+    @transient
     def has_due(self, destination: str) -> bool:
         """Cheap read-only probe so an idle dispatcher does not take the write lock."""
         now = utcnow()
@@ -414,6 +425,7 @@ class Repository:
             ).first()
         return due is not None
 
+    @transient
     def claim_deliveries(
         self, destination: str, worker: str, limit: int, lease_seconds: float
     ) -> list[ClaimedDelivery]:
@@ -484,6 +496,7 @@ class Repository:
         ]
         return sorted(claimed, key=lambda c: (-c.priority, c.message_id, c.id))
 
+    @transient
     def record_attempts(self, worker: str, destination: str,
                         records: Sequence[AttemptRecord]) -> list[int]:
         """Record outcomes and new states; returns delivery ids whose lease was lost."""
@@ -766,6 +779,7 @@ class Repository:
             conn.execute(stmt.on_conflict_do_update(index_elements=["source", "device_id"],
                                                     set_=values))
 
+    @transient
     def lookup_device(self, source: str, device_id: str, at: datetime) -> Enrolment | None:
         at_db = to_db(at)
         with self.db.read_engine.connect() as conn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,26 @@ ENV = {SOURCE_KEY_ENV: SOURCE_KEY, WEBHOOK_SECRET_ENV: WEBHOOK_SECRET,
 # Synthetic fødselsnummer (Tenor style: month + 80), valid check digits, no real person.
 PATIENTS = ["01819012012", "12894513738", "03875210059", "24923810087", "17856010082",
             "05913313722", "29824810042"]
+_W1 = (3, 7, 6, 1, 8, 9, 4, 5, 2)
+_W2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
+
+
+def unique_patient(rng: random.Random | None = None) -> str:
+    """A fresh synthetic fødselsnummer (month + 80, valid check digits), so tests that
+    share the Medplum peer never see each other's patients."""
+    rng = rng or random.Random()
+    while True:
+        base = f"{rng.randint(1, 28):02d}{rng.randint(1, 12) + 80:02d}{rng.randint(0, 99):02d}" \
+               f"{rng.randint(0, 999):03d}"
+        digits = [int(c) for c in base]
+        k1 = (11 - sum(w * d for w, d in zip(_W1, digits, strict=True)) % 11) % 11
+        if k1 == 10:
+            continue
+        k2 = (11 - sum(w * d for w, d in zip(_W2, [*digits, k1], strict=True)) % 11) % 11
+        if k2 != 10:
+            return f"{base}{k1}{k2}"
+
+
 FAST_RETRY = {"base_seconds": 0.05, "cap_seconds": 0.4, "alarm_cap_seconds": 0.4,
               "max_attempts": 4, "escalate_after_attempts": 3, "pause_seconds": 0.5}
 

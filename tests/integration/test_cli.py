@@ -140,3 +140,28 @@ def test_status_messages_show_retry_reprocess(plugins, tmp_path, monkeypatch):
     code, out = run(plugins, "--config", str(config), "devices", "list")
     assert "TA-NONE" in out
     assert PATIENTS[1] not in out
+
+
+def test_plugins_add_commands(plugins):
+    import click
+
+    from hub import hookimpl
+
+    class Diagnostics:
+        @hookimpl
+        def hub_register_commands(self, cli):
+            @cli.command("acme-ping")
+            def ping():
+                """Ask the ACME cloud whether it is up."""
+                click.echo("pong")
+
+    group = click.Group("tryggbro", commands=dict(cli.commands), callback=cli.callback,
+                        params=cli.params)
+    plugins.register(Diagnostics(), "acme-diagnostics")
+    try:
+        plugins.hook.hub_register_commands(cli=group)
+    finally:
+        plugins.unregister("acme-diagnostics")
+    result = CliRunner().invoke(group, ["acme-ping"], obj=State(None, plugins))
+    assert (result.exit_code, result.output) == (0, "pong\n")
+    assert "acme-ping" not in cli.commands

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.integration.helpers import PATIENTS, alarm_event
+from tests.integration.helpers import alarm_event, unique_patient
 from tests.integration.serve import ServeProcess, cli, new_port, toml_config
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
@@ -39,7 +39,7 @@ def one(medplum, resource_type, **params):
 def test_alarm_lifecycle_lands_in_the_ehr_once(tmp_path, medplum):
     port = new_port()
     config = toml_config(tmp_path, port, medplum.base_url)
-    patient = PATIENTS[5]
+    patient = unique_patient()
     enrolled = cli(config, "devices", "enrol", "alarmplatform", "TA-E2E", "--patient", patient,
                    "--municipality", "0301", "--valid-from", "2020-01-01")
     assert enrolled.returncode == 0, enrolled.stderr

@@ -69,6 +69,13 @@ def test_ids_are_deterministic_opaque_and_distinct():
     assert bundle_id("vendor", "evt-1", 0) != bundle_id("vendor", "evt-1", 1)
 
 
+def test_synthetic_patients_of_the_tests_are_valid():
+    from tests.integration.helpers import PATIENTS, unique_patient
+
+    assert all(national_id_checksum_ok(p) for p in PATIENTS)
+    assert all(national_id_checksum_ok(unique_patient()) for _ in range(200))
+
+
 def test_order_key_is_stable_and_hides_the_number():
     key = order_key(PersonId(FNR_SYSTEM, SYNTHETIC))
     assert key == order_key(PersonId(FNR_SYSTEM, SYNTHETIC))
