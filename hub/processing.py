@@ -14,7 +14,7 @@ names the rule that filtered it, and an event no rule matches fails its message.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,7 @@ from hub.fhir import transaction_bundle, validate_bundle
 from hub.logging import bound_message, get_logger
 from hub.mappings import MappingStore
 from hub.store.repository import (
+    DeviceRecord,
     MessageOutcome,
     PlannedDelivery,
     PlannedEvent,
@@ -53,8 +54,33 @@ class Unmatched(Exception):
     """An event would be delivered but its device has no valid enrolment."""
 
 
+class BatchLookups:
+    """What the messages of one batch need from the database, read once.
+
+    `snapshots` starts with the newest routed snapshot per (source, business key) and is
+    updated as the batch routes newer ones, so an older snapshot later in the same batch
+    is superseded too.
+    """
+
+    def __init__(self, repo: Repository, devices: dict[tuple[str, str], DeviceRecord],
+                 snapshots: dict[tuple[str, str], datetime]) -> None:
+        self.repo = repo
+        self.devices = devices
+        self.snapshots = snapshots
+
+    def lookup_device(self, source: str, device_id: str, at: datetime) -> Enrolment | None:
+        key = (source, device_id)
+        if key not in self.devices:  # a plugin asked about a device outside the batch
+            record = self.repo.devices_for([key]).get(key)
+            if record is None:
+                return None
+            self.devices[key] = record
+        found = self.devices[key]
+        return found.enrolment if found.valid_at(at) else None
+
+
 class Pipeline:
-    """parse → enrich → route → map → validate for one message, no writes."""
+    """parse → enrich → route → map → validate for messages, no writes."""
 
     def __init__(
         self,
@@ -74,13 +100,41 @@ class Pipeline:
         self.repo = repo
         self.resolve = resolve
 
-    def run(self, msg: StoredMessage,
-            batch_snapshots: dict[tuple[str, str], datetime] | None = None) -> MessageOutcome:
-        """Decide what happens to `msg`. Never raises: failures become a failed outcome."""
-        snapshots = batch_snapshots if batch_snapshots is not None else {}
+    def run(self, msg: StoredMessage) -> MessageOutcome:
+        """Decide what happens to one message (a batch of one)."""
+        return self.run_batch([msg])[0]
+
+    def run_batch(self, messages: Sequence[StoredMessage]) -> list[MessageOutcome]:
+        """Decide what happens to each message. Never raises: failures become outcomes.
+
+        All messages are parsed first, so the device enrolments and the newest snapshot
+        states they need are read with one query each for the whole batch.
+        """
+        parsed: list[tuple[StoredMessage, list[Event] | MessageOutcome]] = []
+        for msg in messages:
+            with bound_message(msg.id):
+                try:
+                    parsed.append((msg, self._parse(msg)))
+                except MessageFailed as exc:
+                    parsed.append((msg, MessageOutcome(msg.id, MessageState.FAILED, str(exc))))
+        events = [ev for _, result in parsed if isinstance(result, list) for ev in result]
+        batch = BatchLookups(
+            self.repo,
+            self.repo.devices_for({(ev.source, ev.device.id) for ev in events}),
+            self.repo.newest_snapshots({(ev.source, ev.business_key) for ev in events
+                                        if ev.snapshot}),
+        )
+        outcomes = []
+        for msg, result in parsed:
+            with bound_message(msg.id):
+                outcomes.append(result if isinstance(result, MessageOutcome)
+                                else self._plan_message(msg, result, batch))
+        return outcomes
+
+    def _plan_message(self, msg: StoredMessage, events: list[Event],
+                      batch: BatchLookups) -> MessageOutcome:
         try:
-            events = self._parse(msg)
-            planned = [self._plan(msg, seq, ev, snapshots) for seq, ev in enumerate(events)]
+            planned = [self._plan(msg, seq, ev, batch) for seq, ev in enumerate(events)]
         except Unmatched as exc:
             return MessageOutcome(msg.id, MessageState.UNMATCHED, str(exc))
         except MessageFailed as exc:
@@ -107,8 +161,8 @@ class Pipeline:
         return list(events)
 
     def _plan(self, msg: StoredMessage, seq: int, event: Event,
-              snapshots: dict[tuple[str, str], datetime]) -> PlannedEvent:
-        enrolment = self._enrich(msg, event)
+              batch: BatchLookups) -> PlannedEvent:
+        enrolment = self._enrich(msg, event, batch)
         decision = self._route(event, enrolment)
         base = PlannedEvent(
             seq=seq, source=event.source, business_key=event.business_key, kind=event.kind,
@@ -127,13 +181,11 @@ class Pipeline:
         priority = decision.priority if decision.priority is not None else event.effective_priority
         if event.snapshot:
             key = (event.source, event.business_key)
-            newest = snapshots.get(key)
-            if (newest is not None and newest > event.occurred_at) or \
-                    self.repo.newer_snapshot_exists(event.source, event.business_key,
-                                                    event.occurred_at, msg.id):
+            newest = batch.snapshots.get(key)
+            if newest is not None and newest > event.occurred_at:
                 return replace(base, priority=priority,
                                filtered_by="superseded-by-newer-snapshot")
-            snapshots[key] = max(event.occurred_at, newest or event.occurred_at)
+            batch.snapshots[key] = event.occurred_at
         bid = bundle_id(msg.source, msg.dedup_key, seq)
         resources = self._map(msg, seq, event, enrolment)
         bundle = transaction_bundle(bid, event.occurred_at, resources)
@@ -148,8 +200,8 @@ class Pipeline:
             deliveries=[PlannedDelivery(d, priority, okey) for d in decision.destinations],
         )
 
-    def _enrich(self, msg: StoredMessage, event: Event) -> Enrolment | None:
-        context = EnrichContext(msg.id, self.repo.lookup_device)
+    def _enrich(self, msg: StoredMessage, event: Event, batch: BatchLookups) -> Enrolment | None:
+        context = EnrichContext(msg.id, batch.lookup_device)
         try:
             results = self.hook.hub_enrich_event(event=event, context=context)
             for result in results:
@@ -237,11 +289,7 @@ class Processor:
                                             self.max_attempts)
         if not messages:
             return (0, 0)
-        snapshots: dict[tuple[str, str], datetime] = {}
-        outcomes = []
-        for msg in messages:
-            with bound_message(msg.id):
-                outcomes.append(self.pipeline.run(msg, snapshots))
+        outcomes = self.pipeline.run_batch(messages)
         crashpoint("mid_processing")
         lost = set(self.repo.save_outcomes(self.worker, outcomes))
         deliveries = 0

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
@@ -36,16 +37,36 @@ _SEVERITY = {"high", "moderate", "low"}
 
 
 def structure_problems(bundle: dict[str, Any]) -> list[str]:
-    """R4(B) structural problems of a Bundle, one line each."""
+    """R4(B) structural problems of a Bundle, one line each.
+
+    The envelope and each resource are validated with their own model: the same checks
+    as validating the whole Bundle at once, ~18% faster (bench/RESULTS.md), because the
+    Bundle model first has to find each entry's resource class.
+    """
+    problems: list[str] = []
+    entries = bundle.get("entry", [])
+    envelope = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"}
+                                     for e in entries]}
+    _check(Bundle, envelope, "Bundle", problems)
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource")
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        try:
+            model = get_fhir_model_class(str(rtype))
+        except (KeyError, ValueError):
+            problems.append(f"Bundle.entry[{i}].resource: unknown resourceType {rtype!r}")
+            continue
+        _check(model, resource, f"Bundle.entry[{i}].resource({rtype})", problems)
+    return problems
+
+
+def _check(model: Any, data: Any, where: str, problems: list[str]) -> None:
     try:
-        Bundle.model_validate(bundle)
+        model.model_validate(data)
     except ValidationError as exc:
-        problems = []
         for err in exc.errors(include_url=False):
             loc = ".".join(str(p) for p in err["loc"])
-            problems.append(f"Bundle.{loc}: {err['msg']}")
-        return problems
-    return []
+            problems.append(f"{where}.{loc}: {err['msg']}")
 
 
 def validate_bundle(bundle: dict[str, Any], mappings: MappingStore) -> None:

@@ -20,8 +20,8 @@ from sqlalchemy import (
     Connection,
     Table,
     and_,
+    bindparam,
     delete,
-    exists,
     func,
     insert,
     or_,
@@ -30,7 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import aliased
 
 from hub.domain.model import (
     DeliveryState,
@@ -154,6 +153,16 @@ class AttemptRecord:
     pause_until: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    enrolment: Enrolment
+    valid_from: datetime
+    valid_to: datetime | None
+
+    def valid_at(self, at: datetime) -> bool:
+        return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
+
+
 @dataclass
 class StatusReport:
     messages: dict[str, int] = field(default_factory=dict)
@@ -248,6 +257,20 @@ class Repository:
                         lease_until=None, updated_at=now)
             )
 
+    @transient
+    def release_leases(self, owner: str) -> None:
+        """A worker died: what it held is free at once (no need to wait for expiry)."""
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            conn.execute(update(J).where(J.c.state == MessageState.PROCESSING.value,
+                                         J.c.lease_owner == owner)
+                         .values(state=MessageState.RECEIVED.value, lease_owner=None,
+                                 lease_until=None, updated_at=now))
+            conn.execute(update(D).where(D.c.state == DeliveryState.LEASED.value,
+                                         D.c.lease_owner == owner)
+                         .values(state=DeliveryState.PENDING.value, lease_owner=None,
+                                 lease_until=None, updated_at=now))
+
     def has_received(self) -> bool:
         with self.db.read_engine.connect() as conn:
             return conn.execute(
@@ -312,25 +335,73 @@ class Repository:
         return claimed
 
     @transient
-    def newer_snapshot_exists(self, source: str, business_key: str, occurred_at: datetime,
-                              exclude_message: int) -> bool:
-        """Whether a routed snapshot event about the same thing is newer than this one."""
+    def newest_snapshots(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
+        """Newest routed snapshot time per (source, business key), for one batch at once."""
+        by_source: dict[str, set[str]] = {}
+        for source, key in keys:
+            by_source.setdefault(source, set()).add(key)
+        newest: dict[tuple[str, str], datetime] = {}
         with self.db.read_engine.connect() as conn:
-            return conn.execute(
-                select(E.c.id).where(
-                    E.c.source == source,
-                    E.c.business_key == business_key,
-                    E.c.snapshot.is_(True),
-                    E.c.state == EventState.ROUTED.value,
-                    E.c.occurred_at > to_db(occurred_at),
-                    E.c.journal_id != exclude_message,
-                ).limit(1)
-            ).first() is not None
+            for source, business_keys in by_source.items():
+                for chunk in chunks(sorted(business_keys), 500):
+                    for key, when in conn.execute(
+                        select(E.c.business_key, func.max(E.c.occurred_at)).where(
+                            E.c.source == source, E.c.business_key.in_(chunk),
+                            E.c.snapshot.is_(True), E.c.state == EventState.ROUTED.value,
+                        ).group_by(E.c.business_key)
+                    ):
+                        newest[(source, key)] = from_db(when) or when
+        return newest
 
     @transient
     def save_outcomes(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
-        """Write each message's events, deliveries and new state atomically (a savepoint
-        per message inside one transaction). Returns ids whose lease was lost (skipped)."""
+        """Write each message's events, deliveries and new state atomically.
+
+        Returns the ids whose lease was lost to another worker (their result is dropped).
+        The whole batch is written with a few multi-row statements in one transaction;
+        if that fails, each message is written alone in a savepoint, so one bad result
+        fails only its own message.
+        """
+        try:
+            return self._save_batch(worker, outcomes)
+        except OperationalError:
+            raise  # the connection, not a message: retried by @transient
+        except Exception:
+            return self._save_each(worker, outcomes)
+
+    def _save_batch(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            owned_query = select(J.c.id).where(
+                J.c.id.in_([o.message_id for o in outcomes]),
+                J.c.state == MessageState.PROCESSING.value, J.c.lease_owner == worker)
+            if not self.db.is_sqlite:  # SQLite holds the write lock already (BEGIN IMMEDIATE)
+                owned_query = owned_query.with_for_update()
+            owned = set(conn.execute(owned_query).scalars())
+            mine = [o for o in outcomes if o.message_id in owned]
+            if mine:
+                conn.execute(
+                    update(J).where(J.c.id == bindparam("b_id")).values(
+                        state=bindparam("b_state"), state_reason=bindparam("b_reason"),
+                        processed_at=now, lease_owner=None, lease_until=None, updated_at=now),
+                    [{"b_id": o.message_id, "b_state": o.state.value,
+                      "b_reason": safe_error_text(o.reason) if o.reason else None}
+                     for o in mine],
+                )
+            events = [(o.message_id, ev) for o in mine for ev in o.events]
+            if events:
+                ids = conn.execute(
+                    insert(E).returning(E.c.id, sort_by_parameter_order=True),
+                    [_event_row(mid, ev) for mid, ev in events],
+                ).scalars().all()
+                deliveries = [_delivery_row(event_id, mid, d, now)
+                              for event_id, (mid, ev) in zip(ids, events, strict=True)
+                              for d in ev.deliveries]
+                if deliveries:
+                    conn.execute(insert(D), deliveries)
+        return [o.message_id for o in outcomes if o.message_id not in owned]
+
+    def _save_each(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
         now = utcnow()
         lost: list[int] = []
         with self.db.engine.begin() as conn:
@@ -343,7 +414,7 @@ class Repository:
                         continue
                     savepoint.commit()
                 except OperationalError:
-                    raise  # the connection, not this message: retry the whole batch
+                    raise
                 except Exception as exc:
                     savepoint.rollback()
                     self._fail_message(conn, worker, outcome.message_id,
@@ -363,27 +434,13 @@ class Repository:
         )
         if res.rowcount != 1:
             return False
-        conn.execute(delete(E).where(E.c.journal_id == outcome.message_id))
         for ev in outcome.events:
             event_id = conn.execute(
-                insert(E).values(
-                    journal_id=outcome.message_id, seq=ev.seq, source=ev.source,
-                    business_key=ev.business_key, kind=ev.kind, category=ev.category,
-                    code=ev.code, device_id=ev.device_id, occurred_at=to_db(ev.occurred_at),
-                    priority=ev.priority, snapshot=ev.snapshot, state=ev.state.value,
-                    filtered_by=ev.filtered_by, bundle_id=ev.bundle_id, payload=ev.payload,
-                    summary=json.dumps(ev.summary, sort_keys=True, default=str),
-                ).returning(E.c.id)
+                insert(E).values(**_event_row(outcome.message_id, ev)).returning(E.c.id)
             ).scalar_one()
             for d in ev.deliveries:
-                conn.execute(
-                    insert(D).values(
-                        event_id=event_id, journal_id=outcome.message_id,
-                        destination=d.destination, order_key=d.order_key,
-                        priority=d.priority, state=DeliveryState.PENDING.value, attempts=0,
-                        not_before=now, escalated=False, created_at=now, updated_at=now,
-                    )
-                )
+                conn.execute(insert(D).values(**_delivery_row(event_id, outcome.message_id, d,
+                                                             now)))
         return True
 
     def _fail_message(self, conn: Connection, worker: str, message_id: int, reason: str,
@@ -447,29 +504,36 @@ class Repository:
                     J.c.received_at > now - timedelta(seconds=ORDER_BARRIER_SECONDS),
                 )
             ).scalar()
-            earlier = aliased(D)
-            blocked = exists().where(
-                earlier.c.destination == D.c.destination,
-                earlier.c.order_key == D.c.order_key,
-                earlier.c.state.in_([DeliveryState.PENDING.value, DeliveryState.LEASED.value]),
-                or_(earlier.c.journal_id < D.c.journal_id,
-                    and_(earlier.c.journal_id == D.c.journal_id, earlier.c.id < D.c.id)),
-            )
-            conditions = [
+            # The head of each order key: its oldest unfinished delivery. Only a head
+            # may be sent, and only if it is pending and due (key_strict_fifo).
+            open_rows = select(
+                D.c.id, D.c.state, D.c.not_before, D.c.priority, D.c.journal_id,
+                func.row_number().over(partition_by=D.c.order_key,
+                                       order_by=(D.c.journal_id, D.c.id)).label("rank"),
+            ).where(
                 D.c.destination == destination,
-                D.c.state == DeliveryState.PENDING.value,
-                D.c.not_before <= now,
-                ~blocked,
-            ]
+                D.c.state.in_([DeliveryState.PENDING.value, DeliveryState.LEASED.value]),
+            ).subquery()
+            conditions = [open_rows.c.rank == 1,
+                          open_rows.c.state == DeliveryState.PENDING.value,
+                          open_rows.c.not_before <= now]
             if barrier is not None:
-                conditions.append(D.c.journal_id < barrier)
+                conditions.append(open_rows.c.journal_id < barrier)
             candidates = (
-                select(D.c.id).where(*conditions)
-                .order_by(D.c.priority.desc(), D.c.journal_id, D.c.id)
+                select(open_rows.c.id).where(*conditions)
+                .order_by(open_rows.c.priority.desc(), open_rows.c.journal_id, open_rows.c.id)
                 .limit(limit)
             )
             if not self.db.is_sqlite:
-                candidates = candidates.with_for_update(skip_locked=True, of=D)
+                # PostgreSQL allows no FOR UPDATE beside a window function: lock the chosen
+                # heads in an outer query; a head another worker holds is skipped, and a
+                # head leased meanwhile no longer matches state = 'pending'.
+                candidates = (
+                    select(D.c.id)
+                    .where(D.c.id.in_(candidates.scalar_subquery()),
+                           D.c.state == DeliveryState.PENDING.value)
+                    .with_for_update(skip_locked=True)
+                )
             rows = conn.execute(
                 update(D)
                 .where(D.c.id.in_(candidates.scalar_subquery()))
@@ -499,53 +563,58 @@ class Repository:
     @transient
     def record_attempts(self, worker: str, destination: str,
                         records: Sequence[AttemptRecord]) -> list[int]:
-        """Record outcomes and new states; returns delivery ids whose lease was lost."""
+        """Record outcomes and new states; returns delivery ids whose lease was lost.
+
+        Only the worker that still holds a delivery's lease changes its state (a worker
+        whose lease expired is fenced off); every attempt is logged either way.
+        """
         now = utcnow()
-        lost: list[int] = []
-        pause: AttemptRecord | None = None
-        delivered_any = False
         with self.db.engine.begin() as conn:
+            owned_query = select(D.c.id).where(
+                D.c.id.in_([r.delivery_id for r in records]),
+                D.c.state == DeliveryState.LEASED.value, D.c.lease_owner == worker)
+            if not self.db.is_sqlite:
+                owned_query = owned_query.with_for_update()
+            owned = set(conn.execute(owned_query).scalars())
+            groups: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
             for r in records:
+                if r.delivery_id not in owned:
+                    continue
+                delivered = r.new_state is DeliveryState.DELIVERED
+                groups.setdefault((delivered, r.escalate), []).append({
+                    "b_id": r.delivery_id, "b_state": r.new_state.value,
+                    "b_not_before": to_db(r.not_before),
+                    "b_error": safe_error_text(r.error) if r.error else None,
+                    "b_status": r.status_code, "b_at": to_db(r.finished_at),
+                })
+            for (delivered, escalate), params in groups.items():
                 values: dict[str, Any] = {
-                    "state": r.new_state.value,
-                    "not_before": to_db(r.not_before),
-                    "last_error": safe_error_text(r.error) if r.error else None,
-                    "last_status": r.status_code,
-                    "lease_owner": None,
-                    "lease_until": None,
-                    "updated_at": now,
+                    "state": bindparam("b_state"), "not_before": bindparam("b_not_before"),
+                    "last_error": bindparam("b_error"), "last_status": bindparam("b_status"),
+                    "lease_owner": None, "lease_until": None, "updated_at": now,
                 }
-                if r.escalate:
+                if delivered:
+                    values["delivered_at"] = bindparam("b_at")
+                if escalate:
                     values["escalated"] = True
-                if r.new_state is DeliveryState.DELIVERED:
-                    values["delivered_at"] = to_db(r.finished_at)
-                    delivered_any = True
-                res = conn.execute(
-                    update(D)
-                    .where(D.c.id == r.delivery_id, D.c.state == DeliveryState.LEASED.value,
-                           D.c.lease_owner == worker)
-                    .values(**values)
-                )
-                if res.rowcount != 1:
-                    lost.append(r.delivery_id)
-                conn.execute(
-                    insert(A).values(
-                        delivery_id=r.delivery_id, number=r.attempt, worker=worker,
-                        started_at=to_db(r.started_at), finished_at=to_db(r.finished_at),
-                        outcome=r.outcome, status_code=r.status_code,
-                        detail=safe_error_text(r.detail) if r.detail else None,
-                        retry_after=r.retry_after,
-                    )
-                )
-                if r.pause_until is not None:
-                    pause = r
-            if pause is not None and pause.pause_until is not None:
-                self._upsert_pause(conn, destination, to_db(pause.pause_until),
-                                   safe_error_text(pause.detail or "paused"), now)
-            elif delivered_any:
-                conn.execute(update(DS).where(DS.c.name == destination)
+                conn.execute(update(D).where(D.c.id == bindparam("b_id")).values(**values),
+                             params)
+            conn.execute(insert(A), [{
+                "delivery_id": r.delivery_id, "number": r.attempt, "worker": worker,
+                "started_at": to_db(r.started_at), "finished_at": to_db(r.finished_at),
+                "outcome": r.outcome, "status_code": r.status_code,
+                "detail": safe_error_text(r.detail) if r.detail else None,
+                "retry_after": r.retry_after,
+            } for r in records])
+            pauses = [r for r in records if r.pause_until is not None]
+            if pauses and pauses[-1].pause_until is not None:
+                self._upsert_pause(conn, destination, to_db(pauses[-1].pause_until),
+                                   safe_error_text(pauses[-1].detail or "paused"), now)
+            elif any(r.new_state is DeliveryState.DELIVERED for r in records):
+                conn.execute(update(DS).where(DS.c.name == destination,
+                                              DS.c.paused_until.is_not(None))
                              .values(paused_until=None, reason=None, updated_at=now))
-        return lost
+        return [r.delivery_id for r in records if r.delivery_id not in owned]
 
     def _upsert_pause(self, conn: Connection, destination: str, until: datetime, reason: str,
                       now: datetime) -> None:
@@ -780,24 +849,28 @@ class Repository:
                                                     set_=values))
 
     @transient
-    def lookup_device(self, source: str, device_id: str, at: datetime) -> Enrolment | None:
-        at_db = to_db(at)
+    def devices_for(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DeviceRecord]:
+        """Enrolments of many (source, device id) pairs in one query per source."""
+        by_source: dict[str, set[str]] = {}
+        for source, device_id in keys:
+            by_source.setdefault(source, set()).add(device_id)
+        found: dict[tuple[str, str], DeviceRecord] = {}
         with self.db.read_engine.connect() as conn:
-            row = conn.execute(
-                select(DEV).where(
-                    DEV.c.source == source, DEV.c.device_id == device_id,
-                    DEV.c.valid_from <= at_db,
-                    or_(DEV.c.valid_to.is_(None), DEV.c.valid_to > at_db),
-                )
-            ).first()
-        if row is None:
-            return None
-        return Enrolment(
-            source=row.source, device_id=row.device_id,
-            patient=PersonId(row.patient_system, row.patient_value),
-            municipality=row.municipality, organisation=row.organisation,
-            care_team=row.care_team,
-        )
+            for source, device_ids in by_source.items():
+                for chunk in chunks(sorted(device_ids), 500):
+                    for row in conn.execute(select(DEV).where(DEV.c.source == source,
+                                                              DEV.c.device_id.in_(chunk))):
+                        found[(row.source, row.device_id)] = DeviceRecord(
+                            Enrolment(source=row.source, device_id=row.device_id,
+                                      patient=PersonId(row.patient_system, row.patient_value),
+                                      municipality=row.municipality,
+                                      organisation=row.organisation, care_team=row.care_team),
+                            from_db(row.valid_from) or row.valid_from, from_db(row.valid_to))
+        return found
+
+    def lookup_device(self, source: str, device_id: str, at: datetime) -> Enrolment | None:
+        record = self.devices_for([(source, device_id)]).get((source, device_id))
+        return record.enrolment if record is not None and record.valid_at(at) else None
 
     def list_devices(self, source: str | None = None) -> list[dict[str, Any]]:
         with self.db.read_engine.connect() as conn:
@@ -811,6 +884,27 @@ class Repository:
                  "valid_from": from_db(r.valid_from), "valid_to": from_db(r.valid_to)}
                 for r in conn.execute(stmt).all()
             ]
+
+
+def _event_row(message_id: int, ev: PlannedEvent) -> dict[str, Any]:
+    return {
+        "journal_id": message_id, "seq": ev.seq, "source": ev.source,
+        "business_key": ev.business_key, "kind": ev.kind, "category": ev.category,
+        "code": ev.code, "device_id": ev.device_id, "occurred_at": to_db(ev.occurred_at),
+        "priority": ev.priority, "snapshot": ev.snapshot, "state": ev.state.value,
+        "filtered_by": ev.filtered_by, "bundle_id": ev.bundle_id, "payload": ev.payload,
+        "summary": json.dumps(ev.summary, sort_keys=True, default=str),
+    }
+
+
+def _delivery_row(event_id: int, message_id: int, d: PlannedDelivery,
+                  now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event_id, "journal_id": message_id, "destination": d.destination,
+        "order_key": d.order_key, "priority": d.priority,
+        "state": DeliveryState.PENDING.value, "attempts": 0, "not_before": now,
+        "escalated": False, "created_at": now, "updated_at": now,
+    }
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

@@ -84,7 +84,11 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("event_id", "destination"),
         Index("ix_delivery_claim", "destination", "state", "priority", "journal_id"),
-        Index("ix_delivery_order", "destination", "order_key", "journal_id"),
+        # Per-key FIFO looks only at unfinished deliveries of a key: a partial index keeps
+        # that check independent of how much history the key has.
+        Index("ix_delivery_open_by_key", "destination", "order_key", "journal_id", "id",
+              sqlite_where=text("state IN ('pending', 'leased')"),
+              postgresql_where=text("state IN ('pending', 'leased')")),
         Index("ix_delivery_state_created", "state", "created_at"),
     )
 
