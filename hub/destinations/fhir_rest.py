@@ -8,7 +8,9 @@ reliability.md §3.2.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,6 +36,10 @@ class FhirRestSettings(BaseModel):
     timeout_seconds: float = Field(10.0, gt=0)
     connect_timeout_seconds: float = Field(3.0, gt=0)
     ca_file: str | None = None
+    max_connections: int = Field(16, ge=1, le=256, description="HTTP connections to the server")
+    events_per_request: int = Field(
+        25, ge=1, le=500,
+        description="transaction mode: events of different patients sent in one transaction")
 
     @model_validator(mode="after")
     def _auth_needs_token(self) -> FhirRestSettings:
@@ -101,9 +107,11 @@ def _failed_entries(body: bytes) -> list[int]:
 
 
 class FhirRestDestination:
-    def __init__(self, name: str, settings: FhirRestSettings, token: str | None) -> None:
+    def __init__(self, name: str, settings: FhirRestSettings, token: str | None,
+                 max_connections: int = 8) -> None:
         self.name = name
         self.settings = settings
+        self.events_per_request = settings.events_per_request
         headers = {"accept": "application/fhir+json", "content-type": FHIR_JSON}
         if token:
             headers["authorization"] = f"Bearer {token}"
@@ -112,6 +120,7 @@ class FhirRestDestination:
             settings.base_url.rstrip("/") + "/",
             timeout=settings.timeout_seconds,
             connect_timeout=settings.connect_timeout_seconds,
+            max_connections=max_connections,
             verify=verify,
             headers=headers,
         )
@@ -124,6 +133,29 @@ class FhirRestDestination:
             return await self._put_each(delivery)
         except TransportFailure as exc:
             return Outcome.retry(f"no answer ({exc}); will resend (PUTs are idempotent)")
+
+    async def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Outcome]:
+        """Send several events (one per patient, by per-key FIFO) in one transaction.
+
+        All or nothing for the group; if the server rejects it, each event is sent on
+        its own at once, so a bad event fails alone. Transient failures apply to all.
+        """
+        if self.settings.mode != "transaction" or len(deliveries) == 1:
+            return [await self.send(d) for d in deliveries]
+        entries: list[Any] = []
+        for delivery in deliveries:
+            entries.extend(json.loads(delivery.payload).get("entry", []))
+        merged = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                            ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            response = await self.client.request("POST", "", content=merged)
+        except TransportFailure as exc:
+            outcome = Outcome.retry(f"no answer ({exc}); will resend (PUTs are idempotent)")
+            return [outcome] * len(deliveries)
+        outcome = outcome_for_response(response, datetime.now(UTC))
+        if outcome.kind == "rejected":
+            return list(await asyncio.gather(*(self.send(d) for d in deliveries)))
+        return [outcome] * len(deliveries)
 
     async def _put_each(self, delivery: OutboundDelivery) -> Outcome:
         bundle: dict[str, Any] = json.loads(delivery.payload)
@@ -150,7 +182,7 @@ def _factory(name: str, settings: FhirRestSettings) -> FhirRestDestination:
         if not token:
             raise ConfigError(f"destinations.{name}.token_env: environment variable "
                               f"{settings.token_env} is not set")
-    return FhirRestDestination(name, settings, token)
+    return FhirRestDestination(name, settings, token, settings.max_connections)
 
 
 @hookimpl(trylast=True)

@@ -49,22 +49,34 @@ def attempts_of(hub, message_id):
     return found[0]["attempts"] if found else 0
 
 
-def patient_of(request):
+ALARM_SYSTEM = "urn:tryggbro:alarm:alarmplatform"
+
+
+def alarms_in(request):
+    """(patient, vendor alarm id) of each DetectedIssue a request carries, in order."""
     bundle = json.loads(request.body)
-    return bundle["entry"][0]["resource"]["patient"]["identifier"]["value"], bundle["id"]
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "DetectedIssue":
+            alarm = next(i["value"] for i in resource["identifier"]
+                         if i["system"] == ALARM_SYSTEM)
+            yield resource["patient"]["identifier"]["value"], alarm
 
 
-async def test_delivers_everything_in_order_per_patient(tmp_path, db_url, receiver):
-    hub = build_hub(tmp_path, db_url, fhir_destination(receiver))
+@pytest.mark.parametrize("events_per_request", [1, 25])
+async def test_delivers_everything_in_order_per_patient(tmp_path, db_url, receiver,
+                                                        events_per_request):
+    hub = build_hub(tmp_path, db_url,
+                    fhir_destination(receiver, events_per_request=events_per_request))
     devices = [f"TA-{i}" for i in range(3)]
     for device, patient in zip(devices, PATIENTS, strict=False):
         enrol(hub, device, patient)
     events = [alarm_event(f"e{n}", f"A{n}", devices[n % 3]) for n in range(30)]
-    ids = ingest(hub, *events)
+    ingest(hub, *events)
     try:
         async with running(hub):
-            await wait_until(lambda: receiver.count() >= 30, what="30 deliveries")
-            await wait_until(lambda: hub.repo.status().deliveries["ehr"] == {"delivered": 30})
+            await wait_until(lambda: hub.repo.status().deliveries.get("ehr") ==
+                             {"delivered": 30}, what="30 deliveries")
     finally:
         hub.close()
     seen = defaultdict(list)
@@ -72,13 +84,47 @@ async def test_delivers_everything_in_order_per_patient(tmp_path, db_url, receiv
         assert request.method == "POST"
         assert request.path == "/fhir/R4/"
         assert request.headers["content-type"] == "application/fhir+json; fhirVersion=4.0"
-        patient, bundle_id = patient_of(request)
-        seen[patient].append(bundle_id)
+        patients = [patient for patient, _ in alarms_in(request)]
+        assert len(patients) == len(set(patients))  # never two of one patient at once
+        for patient, alarm in alarms_in(request):
+            seen[patient].append(alarm)
     sent = defaultdict(list)
-    for message_id, event in zip(ids, events, strict=True):
+    for event in events:
         patient = PATIENTS[devices.index(event["alarm"]["device"]["id"])]
-        sent[patient].append(hub.repo.message_trace(message_id)["events"][0]["bundle_id"])
-    assert seen == sent  # same bundles, same order, per patient
+        sent[patient].append(event["alarm"]["id"])
+    assert seen == sent  # every alarm once, in the order accepted, per patient
+    if events_per_request == 1:
+        assert receiver.count() == 30
+    else:
+        assert receiver.count() < 30  # several patients' events shared requests
+
+
+async def test_a_rejected_group_falls_back_to_one_event_per_request(tmp_path, db_url,
+                                                                    receiver):
+    """One bad event in a combined transaction must not hold the others back."""
+    hub = build_hub(tmp_path, db_url, fhir_destination(receiver))
+    for i, patient in enumerate(PATIENTS[:3]):
+        enrol(hub, f"TA-{i}", patient)
+    bad, good1, good2 = ingest(hub, *(alarm_event(f"e{i}", f"A{i}", f"TA-{i}")
+                                      for i in range(3)))
+    receiver.set_status(400, body=OO_400)
+    try:
+        async with running(hub):
+            await wait_until(lambda: receiver.count() >= 4, what="group + 3 singles")
+            receiver.set_status(200)
+            # the singles were rejected too (the receiver said 400): retry two of them
+            for message_id in (good1, good2):
+                (d,) = deliveries(hub, message_id)
+                assert d["state"] == "dead"
+                assert hub.repo.retry_delivery(d["id"]) == "retrying"
+            await wait_until(lambda: state_of(hub, good1) == state_of(hub, good2) ==
+                             "delivered")
+    finally:
+        hub.close()
+    first = receiver.requests()[0]
+    assert len(list(alarms_in(first))) == 3  # the combined attempt
+    assert all(len(list(alarms_in(r))) == 1 for r in receiver.requests()[1:4])  # fallback
+    assert state_of(hub, bad) == "dead"
 
 
 async def test_retry_after_is_honoured_then_delivered(tmp_path, db_url, receiver):
