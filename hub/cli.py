@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 import click
 
 from hub import __version__
-from hub.config import DEFAULT_CONFIG_ENV, Config, load_config
+from hub.config import DEFAULT_CONFIG_ENV, Config, load_config, require_env
 from hub.domain.model import Enrolment, PersonId
 from hub.domain.privacy import DNR_SYSTEM, FHN_SYSTEM, FNR_SYSTEM, person_id_problem
 from hub.errors import HubError
 from hub.logging import configure_logging
 from hub.plugins import PluginHost
+from hub.stages import STAGES, become_stage_process
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,17 +103,19 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------------------
 
 
-def _run(state: State, *, serve_http: bool) -> None:
+def _run(state: State, *, own: bool = True, **run: Any) -> None:
     config = state.config
-    configure_logging(config.logging.level)
-    hub = state.hub(own=True)
+    key_env = config.logging.redaction_key_env
+    key = require_env(config, "logging.redaction_key_env", key_env).encode() if key_env else None
+    configure_logging(config.logging.level, redaction_key=key)
+    hub = state.hub(own=own)
     try:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(hub.run(serve_http=serve_http))
+            asyncio.run(hub.run(**run))
         else:
-            uvloop.run(hub.run(serve_http=serve_http))
+            uvloop.run(hub.run(**run))
     finally:
         hub.close()
 
@@ -127,7 +130,7 @@ def serve(state: State, host: str | None, port: int | None) -> None:
         http = state.config.http.model_copy(update={k: v for k, v in
                                                     (("host", host), ("port", port)) if v})
         state._config = state.config.model_copy(update={"http": http})
-    _run(state, serve_http=True)
+    _run(state, serve_http=True, stage_processes=state.config.hub.stage_processes)
 
 
 @cli.command()
@@ -135,6 +138,20 @@ def serve(state: State, host: str | None, port: int | None) -> None:
 def worker(state: State) -> None:
     """Run processing and dispatch only (several of them share a PostgreSQL database)."""
     _run(state, serve_http=False)
+
+
+@cli.command(hidden=True)
+@click.argument("stage_name", metavar="STAGE", type=click.Choice(STAGES))
+@click.option("--parent", type=int, required=True)
+@click.option("--wake-fd", type=int)
+@click.option("--notify-fd", type=int)
+@pass_state
+def stage(state: State, stage_name: str, parent: int, wake_fd: int | None,
+          notify_fd: int | None) -> None:
+    """One stage of a `serve` process group (started by serve, not by hand)."""
+    become_stage_process(parent)
+    _run(state, own=False, serve_http=False, stages=(stage_name,), wake_fd=wake_fd,
+         notify_fd=notify_fd)
 
 
 # ----------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class HubSettings(Strict):
     instance: str = Field("tryggbro", description="name of this gateway in logs and worker ids")
     data_dir: Path = Path("var")
     mappings_dir: Path = Path("mappings")
+    stage_processes: bool = Field(
+        True, description="serve runs processing and dispatch in child processes")
 
 
 class DatabaseSettings(Strict):
@@ -82,6 +84,9 @@ class LoggingSettings(Strict):
 
 
 class ProcessingSettings(Strict):
+    processes: int = Field(
+        1, ge=1, le=32, description="processing processes under serve (CPU-bound: FHIR "
+        "validation); more help work off a backlog on several cores")
     batch_size: int = Field(100, ge=1, le=5000)
     lease_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(5, ge=1, description="processing crashes before a message fails")

@@ -1,8 +1,8 @@
 """Structured JSON logs without personal data.
 
 One JSON object per line on stderr, for our own lines and for uvicorn, httpx and
-SQLAlchemy alike. Every line is redacted after rendering of exceptions: 11-digit runs
-become keyed pseudonyms, and values under keys that hold names or free text are dropped.
+SQLAlchemy alike. Values under keys that hold names or free text are dropped, and the
+rendered line (exceptions included) has every 11-digit run replaced by a keyed pseudonym.
 Tracebacks never include frame locals (structlog's default would log them, stack.md §2.7).
 Bind `message_id` (and `delivery_id`) with `bound_message()` so every line about a
 message carries its id.
@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,33 +36,48 @@ SENSITIVE_KEYS = frozenset({
 REDACTED = "[redacted]"
 
 
-class Redactor:
-    """structlog processor: pseudonymise 11-digit runs and drop sensitive keys, deeply."""
+class DropSensitiveKeys:
+    """structlog processor: values under keys that hold names or free text are dropped,
+    at any depth, whatever they contain."""
+
+    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        # Most lines hold flat, harmless values: leave them as they are.
+        if SENSITIVE_KEYS.isdisjoint(k.lower() for k in event_dict) and not any(
+                type(v) in _CONTAINERS for v in event_dict.values()):
+            return event_dict
+        cleaned = _drop(event_dict, 0)
+        assert isinstance(cleaned, dict)
+        return cleaned
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _drop(value: Any, depth: int) -> Any:
+    if isinstance(value, dict):
+        if depth > 20:
+            return REDACTED
+        return {k: (REDACTED if isinstance(k, str) and k.lower() in SENSITIVE_KEYS
+                    else _drop(v, depth + 1) if isinstance(v, dict | list | tuple) else v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_drop(v, depth + 1) if isinstance(v, dict | list | tuple) else v
+                for v in value]
+    return value
+
+
+class RedactRendered:
+    """Last step, on the rendered JSON line: every 11-digit run becomes a pseudonym.
+
+    One regular-expression pass over the final text catches numbers wherever they sit:
+    nested values, exception messages, integers, third-party log lines.
+    """
 
     def __init__(self, key: bytes) -> None:
         self.key = key
 
-    def __call__(self, _logger: Any, _method: str, event_dict: EventDict) -> EventDict:
-        cleaned = self._clean(event_dict)
-        assert isinstance(cleaned, dict)
-        return cleaned
-
-    def _clean(self, value: Any, depth: int = 0) -> Any:
-        if depth > 20:
-            return REDACTED
-        if isinstance(value, str):
-            return redact(value, self.key)
-        if isinstance(value, MutableMapping | dict):
-            return {
-                k: (REDACTED if isinstance(k, str) and k.lower() in SENSITIVE_KEYS
-                    else self._clean(v, depth + 1))
-                for k, v in value.items()
-            }
-        if isinstance(value, list | tuple):
-            return [self._clean(v, depth + 1) for v in value]
-        if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) == 11:
-            return redact(str(value), self.key)
-        return value
+    def __call__(self, _logger: Any, _method: str, line: str) -> str:
+        return redact(line, self.key)
 
 
 def configure_logging(level: str = "info", redaction_key: bytes | None = None,
@@ -81,10 +96,17 @@ def configure_logging(level: str = "info", redaction_key: bytes | None = None,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-            Redactor(key),
+            DropSensitiveKeys(),
             structlog.processors.JSONRenderer(default=str),
+            RedactRendered(key),  # type: ignore[list-item]  # gets the rendered JSON string
         ],
     )
+    # We never print the call site: skip the stack walk for it on every line
+    # (the "Optimization" section of Python's logging HOWTO).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,14 @@ from hub.logging import get_logger
 from hub.mappings import MappingStore
 from hub.plugins import PluginHost
 from hub.processing import Pipeline, Processor
+from hub.stages import (
+    DISPATCH,
+    PROCESSING,
+    STAGES,
+    Notifier,
+    StageSupervisor,
+    watch_wake_pipe,
+)
 from hub.store.db import Database, acquire_owner_lock, open_database, upgrade
 from hub.store.repository import Repository
 
@@ -91,8 +99,9 @@ def _resolve_paths(config: Config, model: BaseModel) -> BaseModel:
     return model.model_copy(update=updates) if updates else model
 
 
-def worker_id(instance: str) -> str:
-    return f"{instance}@{socket.gethostname()}:{os.getpid()}"
+def worker_id(instance: str, pid: int | None = None) -> str:
+    """Lease owner name: instance, host and process, unique among live workers."""
+    return f"{instance}@{socket.gethostname()}:{pid or os.getpid()}"
 
 
 class Hub:
@@ -100,7 +109,8 @@ class Hub:
 
     def __init__(self, config: Config, plugins: PluginHost, registries: Registries,
                  mappings: MappingStore, db: Database, adapters: dict[str, Adapter],
-                 source_settings: dict[str, tuple[SourceType, BaseModel]]) -> None:
+                 source_settings: dict[str, tuple[SourceType, BaseModel]],
+                 owner: bool = False) -> None:
         self.config = config
         self.plugins = plugins
         self.registries = registries
@@ -108,6 +118,7 @@ class Hub:
         self.db = db
         self.repo = Repository(db)
         self.adapters = adapters
+        self.owner = owner  # this process owns the (SQLite) database and its leases
         self.worker = worker_id(config.hub.instance)
         self.rules = rules_from_config(config)
         self.destinations: dict[str, Destination] = {}
@@ -123,6 +134,8 @@ class Hub:
         self._processor_wake: asyncio.Event | None = None
         self._dispatch_wake: dict[str, asyncio.Event] = {}
         self._stop: asyncio.Event | None = None
+        self._notify_dispatch: Callable[[], None] | None = None
+        self._supervisor: StageSupervisor | None = None
 
     # ---------------------------------------------------------------------------------
     # Building
@@ -158,7 +171,8 @@ class Hub:
                 acquire_owner_lock(db)
             if migrate:
                 upgrade(db)
-            return cls(config, plugins, registries, mappings, db, adapters, source_settings)
+            return cls(config, plugins, registries, mappings, db, adapters, source_settings,
+                       owner=own)
         except Exception:
             db.dispose()
             raise
@@ -214,32 +228,53 @@ class Hub:
         if loop is not None:
             for wake in self._dispatch_wake.values():
                 loop.call_soon_threadsafe(wake.set)
+        if self._notify_dispatch is not None:
+            self._notify_dispatch()
 
     async def run(self, *, serve_http: bool, ready: Callable[[], None] | None = None,
-                  handle_signals: bool = True) -> None:
-        """Run until SIGINT/SIGTERM (or `stop()`): intake, processing, dispatch, HTTP.
+                  handle_signals: bool = True, stages: Collection[str] = STAGES,
+                  stage_processes: bool = False, wake_fd: int | None = None,
+                  notify_fd: int | None = None) -> None:
+        """Run until SIGINT/SIGTERM (or `stop()`).
 
-        `handle_signals=False` leaves signal handling to the caller (tests, embedding).
+        `serve_http`: HTTP intake, admin API and sources. `stages`: which of processing
+        and dispatch run in this process; with `stage_processes` they run in supervised
+        child processes instead (`tryggbro serve`). `wake_fd`/`notify_fd`: pipes to be
+        woken through and to wake the next stage with, when stages live in other
+        processes. `handle_signals=False` leaves signals to the caller (tests).
         """
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._processor_wake = asyncio.Event()
-        if self.db.is_sqlite:
+        if self.db.is_sqlite and self.owner:
             await asyncio.to_thread(self.repo.release_all_leases)
-        self.build_destinations()
-        self.intake.start()
-        tasks = [asyncio.create_task(self._process_loop(), name="processor")]
-        for name, destination in self.destinations.items():
-            wake = self._dispatch_wake[name] = asyncio.Event()
-            dispatcher = Dispatcher(name, destination, self.repo, self.config.destinations[name],
-                                    self.worker, self.plugins.hook)
-            tasks.append(asyncio.create_task(dispatcher.run(self._stop, wake),
-                                             name=f"dispatch:{name}"))
+        tasks: list[asyncio.Task[None]] = []
+        if stage_processes:
+            self._supervisor = StageSupervisor(
+                str(self.config.path), self.config.hub.instance, self.repo.release_leases,
+                worker_id, processing_processes=self.config.processing.processes)
+            self._supervisor.start()
+            self.intake.on_committed = self._supervisor.wake_processing
+            self._notify_dispatch = self._supervisor.wake_dispatch
+            tasks.append(asyncio.create_task(self._supervisor.watch(), name="stages"))
+        else:
+            if notify_fd is not None:
+                self._notify_dispatch = Notifier(notify_fd)
+            if PROCESSING in stages:
+                tasks.append(asyncio.create_task(self._process_loop(), name="processor"))
+            if DISPATCH in stages:
+                tasks.extend(self._start_dispatchers())
+            if wake_fd is not None:
+                watch_wake_pipe(self._loop, wake_fd, self._wake_local)
         self.health.tasks = tasks
-        for source in self.sources.values():
-            await source.start()
+        self.health.supervisor = self._supervisor
+        if serve_http:
+            self.intake.start()
+            for source in self.sources.values():
+                await source.start()
         log.info("tryggbro running", worker=self.worker, http=serve_http,
-                 destinations=sorted(self.destinations), sources=sorted(self.sources),
+                 stages="child processes" if stage_processes else sorted(stages),
+                 destinations=sorted(self.config.destinations), sources=sorted(self.sources),
                  database=self.db.dialect)
         try:
             if serve_http:
@@ -251,7 +286,26 @@ class Hub:
                     ready()
                 await self._stop.wait()
         finally:
-            await self._shutdown(tasks)
+            await self._shutdown(tasks, serve_http)
+
+    def _start_dispatchers(self) -> list[asyncio.Task[None]]:
+        assert self._stop is not None
+        self.build_destinations()
+        tasks = []
+        for name, destination in self.destinations.items():
+            wake = self._dispatch_wake[name] = asyncio.Event()
+            dispatcher = Dispatcher(name, destination, self.repo, self.config.destinations[name],
+                                    self.worker, self.plugins.hook)
+            tasks.append(asyncio.create_task(dispatcher.run(self._stop, wake),
+                                             name=f"dispatch:{name}"))
+        return tasks
+
+    def _wake_local(self) -> None:
+        """A wake-up from another process: new messages or new deliveries."""
+        if self._processor_wake is not None:
+            self._processor_wake.set()
+        for wake in self._dispatch_wake.values():
+            wake.set()
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
@@ -320,15 +374,18 @@ class Hub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._processor_wake.wait(), timeout=poll)
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(self, tasks: list[asyncio.Task[None]], served_http: bool) -> None:
         assert self._stop is not None
         self._stop.set()
-        for source in self.sources.values():
-            try:
-                await source.stop()
-            except Exception:
-                log.exception("source failed to stop")
-        await asyncio.to_thread(self.intake.stop)
+        if served_http:
+            for source in self.sources.values():
+                try:
+                    await source.stop()
+                except Exception:
+                    log.exception("source failed to stop")
+            await asyncio.to_thread(self.intake.stop)
+        if self._supervisor is not None:
+            await self._supervisor.stop()
         _, pending = await asyncio.wait(tasks, timeout=15)
         for task in pending:
             task.cancel()
@@ -345,12 +402,13 @@ class Hub:
 
 @dataclass
 class Health:
-    """What /readyz reports: are the stages' tasks alive?"""
+    """What /readyz reports: are the stages' tasks and processes alive?"""
 
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    supervisor: StageSupervisor | None = None
 
     def problems(self) -> Mapping[str, str]:
-        found = {}
+        found = dict(self.supervisor.problems()) if self.supervisor else {}
         for task in self.tasks:
             if task.done():
                 exc = None if task.cancelled() else task.exception()

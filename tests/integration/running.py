@@ -13,6 +13,10 @@ from hub.runtime import Hub
 
 @asynccontextmanager
 async def running(hub: Hub, *, serve_http: bool = False) -> AsyncIterator[Hub]:
+    """Processing and dispatch in this loop; the intake writer runs too, so a test can
+    `await hub.intake.submit(...)` as a source would."""
+    if not serve_http:
+        hub.intake.start()
     ready = asyncio.Event()
     task = asyncio.create_task(hub.run(serve_http=serve_http, ready=ready.set,
                                        handle_signals=False))
@@ -27,6 +31,8 @@ async def running(hub: Hub, *, serve_http: bool = False) -> AsyncIterator[Hub]:
     finally:
         hub.stop()
         await asyncio.wait_for(task, timeout=30)
+        if not serve_http:
+            hub.intake.stop()
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0,

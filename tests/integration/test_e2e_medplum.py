@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.integration.helpers import alarm_event, unique_patient
-from tests.integration.serve import ServeProcess, cli, new_port, toml_config
+from tests.integration.serve import cli, new_port, toml_config
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
 ALARM_SYSTEM = "urn:tryggbro:alarm:alarmplatform"
@@ -36,14 +36,14 @@ def one(medplum, resource_type, **params):
     return found[0]
 
 
-def test_alarm_lifecycle_lands_in_the_ehr_once(tmp_path, medplum):
+def test_alarm_lifecycle_lands_in_the_ehr_once(tmp_path, medplum, serve_process):
     port = new_port()
     config = toml_config(tmp_path, port, medplum.base_url)
     patient = unique_patient()
     enrolled = cli(config, "devices", "enrol", "alarmplatform", "TA-E2E", "--patient", patient,
                    "--municipality", "0301", "--valid-from", "2020-01-01")
     assert enrolled.returncode == 0, enrolled.stderr
-    server = ServeProcess(config, port, tmp_path / "serve.log")
+    server = serve_process(config, port, tmp_path / "serve.log")
     alarm_id = f"ALM-{uuid.uuid4().hex[:8]}"
     lifecycle = [
         alarm_event("e1-" + alarm_id, alarm_id, "TA-E2E"),
