@@ -166,9 +166,9 @@ def test_kill_minus_nine_loses_and_duplicates_nothing(tmp_path, medplum, serve_p
     # Sends recorded by the gateway; more than one per delivery means a resend after a
     # crash (harmless: the same PUTs again). Sends whose outcome a crash swallowed are
     # not recorded, so this is a lower bound.
-    db = sqlite3.connect(tmp_path / "hub.db")
-    requests = db.execute("SELECT count(*) FROM delivery_attempt").fetchone()[0]
-    db.close()
+    attempts_db = sqlite3.connect(tmp_path / "hub.db")
+    requests = attempts_db.execute("SELECT count(*) FROM delivery_attempt").fetchone()[0]
+    attempts_db.close()
     assert lost == []
     assert duplicated == []
     assert unexpected == []
