@@ -57,8 +57,11 @@ typecheck: $(STAMP)
 test: $(STAMP) peers lint typecheck
 	$(BIN)/pytest
 
-bench: $(STAMP) medplum
-	$(BIN)/python bench/ingest_e2e.py
+# Load generator: wrk from Debian (the client must not be the bottleneck).
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk; }
+	$(BIN)/python bench/ingest_e2e.py --runs 5 --seconds 10
 
 clean:
 	rm -rf $(VENV) var bench/out $(MEDPLUM)/node_modules

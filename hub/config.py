@@ -85,7 +85,7 @@ class LoggingSettings(Strict):
 
 class ProcessingSettings(Strict):
     processes: int = Field(
-        1, ge=1, le=32, description="processing processes under serve (CPU-bound: FHIR "
+        2, ge=1, le=32, description="processing processes under serve (CPU-bound: FHIR "
         "validation); more help work off a backlog on several cores")
     batch_size: int = Field(100, ge=1, le=5000)
     lease_seconds: float = Field(30.0, gt=0)

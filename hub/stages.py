@@ -39,7 +39,7 @@ _PR_SET_PDEATHSIG = 1
 _RESTART_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
-STAGE_NICENESS = 5  # intake (acknowledging alarms) gets the CPU first when it is scarce
+STAGE_NICENESS = 15  # intake (acknowledging alarms) gets the CPU first when it is scarce
 
 
 def become_stage_process(parent_pid: int) -> None:

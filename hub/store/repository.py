@@ -29,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hub.domain.model import (
     DeliveryState,
@@ -198,27 +198,64 @@ class Repository:
     def insert_messages(self, raws: Sequence[RawMessage]) -> list[IntakeResult]:
         """Journal a batch in one transaction (group commit); duplicates create nothing.
 
-        Returns only after the commit returned, i.e. after the fsync.
+        Returns only after the commit returned, i.e. after the fsync. The batch is written
+        with one lookup of the keys it already knows and one multi-row insert; if another
+        process inserts one of the keys meanwhile (PostgreSQL), the batch is written again
+        row by row with ON CONFLICT DO NOTHING.
         """
+        digests = [hashlib.sha256(raw.body).hexdigest() for raw in raws]
+        try:
+            return self._insert_batch(raws, digests)
+        except IntegrityError:
+            return self._insert_each(raws, digests)
+
+    def _insert_batch(self, raws: Sequence[RawMessage], digests: Sequence[str]
+                      ) -> list[IntakeResult]:
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            known: dict[tuple[str, str], tuple[int, str]] = {}
+            by_source: dict[str, set[str]] = {}
+            for raw in raws:
+                by_source.setdefault(raw.source, set()).add(raw.dedup_key)
+            for source, keys in by_source.items():
+                for chunk in chunks(sorted(keys), 500):
+                    for row in conn.execute(select(J.c.id, J.c.dedup_key, J.c.body_sha256)
+                                            .where(J.c.source == source,
+                                                   J.c.dedup_key.in_(chunk))):
+                        known[(source, row.dedup_key)] = (int(row.id), row.body_sha256)
+            new_rows: list[dict[str, Any]] = []
+            new_keys: list[tuple[str, str]] = []
+            for raw, digest in zip(raws, digests, strict=True):
+                key = (raw.source, raw.dedup_key)
+                if key in known or key in new_keys:
+                    continue
+                new_keys.append(key)
+                new_rows.append(_journal_row(raw, digest, now))
+            if new_rows:
+                ids = conn.execute(insert(J).returning(J.c.id, sort_by_parameter_order=True),
+                                   new_rows).scalars().all()
+                for key, row_id, new in zip(new_keys, ids, new_rows, strict=True):
+                    known[key] = (int(row_id), new["body_sha256"])
+        results = []
+        first_seen: set[tuple[str, str]] = set(new_keys)
+        for raw, digest in zip(raws, digests, strict=True):
+            key = (raw.source, raw.dedup_key)
+            row_id, stored = known[key]
+            if key in first_seen:
+                first_seen.discard(key)
+                results.append(IntakeResult(row_id, duplicate=False))
+            else:
+                results.append(IntakeResult(row_id, duplicate=True, same_body=stored == digest))
+        return results
+
+    def _insert_each(self, raws: Sequence[RawMessage], digests: Sequence[str]
+                     ) -> list[IntakeResult]:
         now = utcnow()
         results: list[IntakeResult] = []
         with self.db.engine.begin() as conn:
-            for raw in raws:
-                digest = hashlib.sha256(raw.body).hexdigest()
+            for raw, digest in zip(raws, digests, strict=True):
                 stmt = (
-                    self._insert(J)
-                    .values(
-                        source=raw.source,
-                        dedup_key=raw.dedup_key,
-                        body_sha256=digest,
-                        content_type=raw.content_type,
-                        body=raw.body,
-                        transport=json.dumps(dict(raw.transport), sort_keys=True),
-                        received_at=to_db(raw.received_at),
-                        state=MessageState.RECEIVED.value,
-                        attempts=0,
-                        updated_at=now,
-                    )
+                    self._insert(J).values(**_journal_row(raw, digest, now))
                     .on_conflict_do_nothing(index_elements=["source", "dedup_key"])
                     .returning(J.c.id)
                 )
@@ -228,8 +265,7 @@ class Repository:
                     continue
                 row = conn.execute(
                     select(J.c.id, J.c.body_sha256).where(
-                        J.c.source == raw.source, J.c.dedup_key == raw.dedup_key
-                    )
+                        J.c.source == raw.source, J.c.dedup_key == raw.dedup_key)
                 ).one()
                 results.append(IntakeResult(int(row.id), True, row.body_sha256 == digest))
         return results
@@ -884,6 +920,16 @@ class Repository:
                  "valid_from": from_db(r.valid_from), "valid_to": from_db(r.valid_to)}
                 for r in conn.execute(stmt).all()
             ]
+
+
+def _journal_row(raw: RawMessage, digest: str, now: datetime) -> dict[str, Any]:
+    return {
+        "source": raw.source, "dedup_key": raw.dedup_key, "body_sha256": digest,
+        "content_type": raw.content_type, "body": raw.body,
+        "transport": json.dumps(dict(raw.transport), sort_keys=True),
+        "received_at": to_db(raw.received_at), "state": MessageState.RECEIVED.value,
+        "attempts": 0, "updated_at": now,
+    }
 
 
 def _event_row(message_id: int, ev: PlannedEvent) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event
 
 from hub.domain.model import DeliveryState, EventState, MessageState, RawMessage
 from hub.store.db import current_revision, head_revision, open_database, upgrade
@@ -220,3 +221,29 @@ def test_operator_actions_and_their_refusals(repo):
     message_id = batch[0].message_id
     assert repo.reprocess(message_id) == "state-processed"
     assert repo.reprocess(999_999) == "not-found"
+
+
+@pytest.mark.pg
+def test_a_key_inserted_meanwhile_by_another_process_falls_back_row_by_row(pg_url):
+    """Intake looks the batch's keys up, then inserts the new ones. On PostgreSQL another
+    process may commit one of those keys in between: the batch is then written row by
+    row and nothing is lost or doubled. (SQLite's BEGIN IMMEDIATE rules the race out.)"""
+    db, other = open_database(pg_url), open_database(pg_url)
+    upgrade(db)
+    repo, rival = Repository(db), Repository(other)
+    raced: list[int] = []
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def another_process_commits_first(conn, cursor, statement, *args):
+        if statement.startswith("INSERT INTO journal") and not raced:
+            raced.append(rival.insert_messages([raw("shared")])[0].id)
+
+    try:
+        results = repo.insert_messages([raw("shared"), raw("fresh")])
+    finally:
+        event.remove(db.engine, "before_cursor_execute", another_process_commits_first)
+        other.dispose()
+        db.dispose()
+    assert raced
+    assert (results[0].id, results[0].duplicate) == (raced[0], True)
+    assert not results[1].duplicate
