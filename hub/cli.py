@@ -41,10 +41,10 @@ class State:
             self._config = load_config(self.config_path)
         return self._config
 
-    def hub(self, *, own: bool = False) -> Any:
+    def hub(self, *, own: bool = False, with_sources: bool = False) -> Any:
         from hub.runtime import Hub
 
-        return Hub.build(self.config, plugins=self.plugins, own=own)
+        return Hub.build(self.config, plugins=self.plugins, own=own, with_sources=with_sources)
 
 
 pass_state = click.make_pass_decorator(State)
@@ -108,7 +108,7 @@ def _run(state: State, *, own: bool = True, **run: Any) -> None:
     key_env = config.logging.redaction_key_env
     key = require_env(config, "logging.redaction_key_env", key_env).encode() if key_env else None
     configure_logging(config.logging.level, redaction_key=key)
-    hub = state.hub(own=own)
+    hub = state.hub(own=own, with_sources=bool(run.get("serve_http")))
     try:
         try:
             import uvloop

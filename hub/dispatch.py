@@ -53,6 +53,7 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         """Deliver until `stop` is set; wake early when new deliveries are planned."""
         while not stop.is_set():
+            wake.clear()  # before the round: a wake-up during the round is not lost
             try:
                 sent = await self.run_once()
             except Exception:
@@ -62,7 +63,6 @@ class Dispatcher:
                 # More may be due: per-key FIFO caps a round at one delivery per key, so a
                 # round smaller than the batch does not mean the backlog is empty.
                 continue
-            wake.clear()
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
             _, pending = await asyncio.wait(waiters, timeout=self.settings.poll_seconds,
                                             return_when=asyncio.FIRST_COMPLETED)

@@ -35,6 +35,7 @@ from hub.contracts import (
 )
 from hub.dispatch import Dispatcher
 from hub.errors import ConfigError
+from hub.fhir import warm_up
 from hub.intake import Intake
 from hub.logging import get_logger
 from hub.mappings import MappingStore
@@ -110,7 +111,7 @@ class Hub:
     def __init__(self, config: Config, plugins: PluginHost, registries: Registries,
                  mappings: MappingStore, db: Database, adapters: dict[str, Adapter],
                  source_settings: dict[str, tuple[SourceType, BaseModel]],
-                 owner: bool = False) -> None:
+                 owner: bool = False, with_sources: bool = True) -> None:
         self.config = config
         self.plugins = plugins
         self.registries = registries
@@ -124,7 +125,9 @@ class Hub:
         self.destinations: dict[str, Destination] = {}
         self.intake = Intake(self.repo, config.intake.max_batch, on_committed=self._wake_processor)
         self.sources: dict[str, Source] = {}
-        for name, (stype, settings) in source_settings.items():
+        # Sources hold their senders' secrets: only the process that serves them needs
+        # them (an operator's `tryggbro status` must not).
+        for name, (stype, settings) in (source_settings.items() if with_sources else ()):
             try:
                 self.sources[name] = stype.factory(name, settings, self.intake)
             except ConfigError as exc:
@@ -143,9 +146,11 @@ class Hub:
 
     @classmethod
     def build(cls, config: Config, *, plugins: PluginHost | None = None, own: bool = False,
-              migrate: bool = True, database_url: str | None = None) -> Hub:
+              migrate: bool = True, database_url: str | None = None,
+              with_sources: bool = True) -> Hub:
         """Validate and wire everything. `own`: this process will run the stages (on
-        SQLite only one process may)."""
+        SQLite only one process may). `with_sources=False`: validate the sources' settings
+        but do not build them (no secrets needed: CLI commands, stage processes)."""
         if plugins is None:
             plugins = PluginHost()
             plugins.load_entry_points()
@@ -172,7 +177,7 @@ class Hub:
             if migrate:
                 upgrade(db)
             return cls(config, plugins, registries, mappings, db, adapters, source_settings,
-                       owner=own)
+                       owner=own, with_sources=with_sources)
         except Exception:
             db.dispose()
             raise
@@ -276,12 +281,12 @@ class Hub:
                  stages="child processes" if stage_processes else sorted(stages),
                  destinations=sorted(self.config.destinations), sources=sorted(self.sources),
                  database=self.db.dialect)
+        if handle_signals:
+            self._install_signal_handlers()
         try:
             if serve_http:
-                await self._serve_http(ready, handle_signals)
+                await self._serve_http(ready)
             else:
-                if handle_signals:
-                    self._install_signal_handlers()
                 if ready:
                     ready()
                 await self._stop.wait()
@@ -317,8 +322,7 @@ class Hub:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, self._stop.set)
 
-    async def _serve_http(self, ready: Callable[[], None] | None,
-                          handle_signals: bool = True) -> None:
+    async def _serve_http(self, ready: Callable[[], None] | None) -> None:
         import uvicorn
 
         from hub.api.app import create_app
@@ -336,8 +340,9 @@ class Hub:
             await self._stop.wait()
             server.should_exit = True
 
-        if not handle_signals:  # the embedding program owns SIGINT/SIGTERM
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        # Signals are ours (see run()): uvicorn would re-raise SIGTERM after its own
+        # shutdown and kill the process before the stages stop gracefully.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         watcher = asyncio.create_task(watch_stop())
         if ready:
             async def announce() -> None:
@@ -357,7 +362,10 @@ class Hub:
         assert self._processor_wake is not None
         processor = self.processor()
         poll = self.config.processing.poll_seconds
+        await asyncio.to_thread(warm_up)
         while not self._stop.is_set():
+            # Cleared before the round, so a wake-up during the round is not lost.
+            self._processor_wake.clear()
             try:
                 handled, deliveries = await asyncio.to_thread(processor.run_batch)
             except Exception:
@@ -366,9 +374,6 @@ class Hub:
                 await asyncio.sleep(poll)
             if deliveries:
                 self._wake_dispatchers()
-            if handled >= processor.batch_size:
-                continue
-            self._processor_wake.clear()
             if handled:
                 continue
             with contextlib.suppress(TimeoutError):

@@ -6,7 +6,7 @@ in the hub handles FHIR as plain JSON dicts.
 
 from __future__ import annotations
 
-from hub.fhir.validate import structure_problems, validate_bundle
+from hub.fhir.validate import structure_problems, validate_bundle, warm_up
 from hub.fhir.vkp import transaction_bundle
 
-__all__ = ["structure_problems", "transaction_bundle", "validate_bundle"]
+__all__ = ["structure_problems", "transaction_bundle", "validate_bundle", "warm_up"]

@@ -10,6 +10,7 @@ resources we emit are identical in R4 and R4B.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -58,6 +59,20 @@ def structure_problems(bundle: dict[str, Any]) -> list[str]:
             continue
         _check(model, resource, f"Bundle.entry[{i}].resource({rtype})", problems)
     return problems
+
+
+# Resource types the built-in mappings emit; more are loaded on first use.
+_WARM = ("Bundle", "DetectedIssue", "Encounter", "Composition", "MedicationDispense",
+         "Observation")
+
+
+def warm_up() -> None:
+    """Import and build the validators of the common resource models now, so the first
+    alarm after a start does not wait a second for them."""
+    for name in _WARM:
+        model = get_fhir_model_class(name)
+        with contextlib.suppress(ValidationError):
+            model.model_validate({"resourceType": name})
 
 
 def _check(model: Any, data: Any, where: str, problems: list[str]) -> None:

@@ -165,3 +165,14 @@ def test_plugins_add_commands(plugins):
     result = CliRunner().invoke(group, ["acme-ping"], obj=State(None, plugins))
     assert (result.exit_code, result.output) == (0, "pong\n")
     assert "acme-ping" not in cli.commands
+
+
+def test_operator_commands_need_no_source_secrets(plugins, tmp_path, monkeypatch):
+    """An operator runs `status` or `devices enrol` without the vendors' API keys."""
+    config = toml_config(tmp_path, 0, "http://127.0.0.1:9/fhir/R4")
+    monkeypatch.delenv("TEST_ALARMPLATFORM_KEY", raising=False)
+    code, out = run(plugins, "--config", str(config), "devices", "enrol", "alarmplatform",
+                    "TA-1", "--patient", PATIENTS[0], "--municipality", "0301")
+    assert code == 0, out
+    code, out = run(plugins, "--config", str(config), "status", "--json")
+    assert code == 0, out
