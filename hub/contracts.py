@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
+from hub.domain.ids import resource_id
 from hub.domain.model import Enrolment, Event, OutboundDelivery, Outcome, StoredMessage
 from hub.domain.routing import RouteRule
 from hub.mappings import MappingStore
@@ -144,6 +145,4 @@ class MapContext:
 
     def resource_id(self, event: Event, resource_type: str) -> str:
         """Deterministic id for the `resource_type` resource describing this event's thing."""
-        from hub.domain.ids import resource_id
-
         return resource_id(event.source, event.business_key, resource_type)

@@ -8,6 +8,7 @@ Environment switches:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 from collections.abc import Awaitable, Iterable
@@ -130,5 +131,21 @@ async def await_me_maybe(value: T | Awaitable[T]) -> T:
     return value
 
 
-def is_awaitable(value: object) -> bool:
-    return inspect.isawaitable(value)
+def resolve(value: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any:
+    """A hook result as a value, from synchronous code (the processing thread).
+
+    An awaitable runs on `loop` when the hub's loop is running in another thread (so
+    plugins may await clients bound to it), otherwise in a loop of its own.
+    """
+    if not inspect.isawaitable(value):
+        return value
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:  # blocking here would stop the very loop the awaitable needs
+        raise RuntimeError("a hook returned an awaitable to code running inside an event "
+                           "loop; run processing in a worker thread (asyncio.to_thread)")
+    if loop is not None and loop.is_running():
+        return asyncio.run_coroutine_threadsafe(await_me_maybe(value), loop).result(timeout=60)
+    return asyncio.run(await_me_maybe(value))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -99,10 +99,6 @@ class Pipeline:
         self.route_context = RouteContext(tuple(rules), frozenset(destinations))
         self.repo = repo
         self.resolve = resolve
-
-    def run(self, msg: StoredMessage) -> MessageOutcome:
-        """Decide what happens to one message (a batch of one)."""
-        return self.run_batch([msg])[0]
 
     def run_batch(self, messages: Sequence[StoredMessage]) -> list[MessageOutcome]:
         """Decide what happens to each message. Never raises: failures become outcomes.
@@ -308,8 +304,3 @@ class Processor:
                              events=len(outcome.events), deliveries=n)
         return (len(messages), deliveries)
 
-
-def event_dict(event: Event) -> dict[str, Any]:
-    """A JSON-able view of an event (for plugin tests); includes free text."""
-    value: dict[str, Any] = json.loads(json.dumps(asdict(event), default=str))
-    return value

@@ -26,7 +26,7 @@ from hub.domain.model import Enrolment, PersonId, RawMessage
 from hub.domain.privacy import FNR_SYSTEM
 from hub.errors import ConfigError, InputError
 from hub.mappings import MappingStore
-from hub.plugins import PluginHost
+from hub.plugins import PluginHost, resolve
 from hub.processing import Pipeline, Processor
 from hub.runtime import collect_registries
 from hub.store.db import open_database, upgrade
@@ -225,7 +225,7 @@ def run_case(fixture: Fixture, case: Path, plugins: PluginHost,
                 repo.enrol_device(device.enrolment, device.valid_from, device.valid_to)
             pipeline = Pipeline(hook=plugins.hook, adapters={fixture.source: adapter},
                                 mappings=mappings, rules=rules, destinations=destinations,
-                                repo=repo, resolve=_resolve_sync)
+                                repo=repo, resolve=resolve)
             processor = Processor(repo, pipeline, "replay", batch_size=1, lease_seconds=60,
                                   max_attempts=1)
             return [_one(fixture, adapter, repo, processor, path) for path in inputs]
@@ -276,13 +276,3 @@ def _one(fixture: Fixture, adapter: Adapter, repo: Repository, processor: Proces
     ]
     return result
 
-
-def _resolve_sync(value: Any) -> Any:
-    import asyncio
-    import inspect
-
-    if inspect.isawaitable(value):
-        async def run() -> Any:
-            return await value
-        return asyncio.run(run())
-    return value

@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import socket
-import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from hub.fhir import warm_up
 from hub.intake import Intake
 from hub.logging import get_logger
 from hub.mappings import MappingStore
-from hub.plugins import PluginHost
+from hub.plugins import PluginHost, resolve
 from hub.processing import Pipeline, Processor
 from hub.stages import (
     DISPATCH,
@@ -206,18 +205,7 @@ class Hub:
 
     def _resolve(self, value: Any) -> Any:
         """Resolve a hook's awaitable result from the processing thread."""
-        if not asyncio.iscoroutine(value) and not hasattr(value, "__await__"):
-            return value
-        loop = self._loop
-        if loop is not None and loop.is_running() and threading.current_thread() is not \
-                threading.main_thread():
-            async def wait() -> Any:
-                return await value
-            return asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout=60)
-
-        async def run() -> Any:
-            return await value
-        return asyncio.run(run())
+        return resolve(value, self._loop)
 
     # ---------------------------------------------------------------------------------
     # Running

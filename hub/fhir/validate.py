@@ -19,7 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from hub.domain.privacy import PERSON_ID_SYSTEMS, person_id_problem
+from hub.domain.privacy import person_id_problem
 from hub.errors import ValidationFailure
 from hub.fhir import vkp
 from hub.mappings import MappingStore
@@ -199,5 +199,3 @@ _RULES: dict[str, Callable[[dict[str, Any], MappingStore], Iterable[str]]] = {
     "Encounter": _encounter,
     "Composition": _composition,
 }
-
-PERSON_SYSTEMS = tuple(PERSON_ID_SYSTEMS)

@@ -20,7 +20,6 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.pool import NullPool
 
 from hub.errors import StorageError
 
@@ -188,7 +187,3 @@ def head_revision() -> str | None:
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
-
-def scratch_engine(url: str) -> Engine:
-    """An engine without pooling, for one-off admin work in tests and tools."""
-    return create_engine(url, poolclass=NullPool)

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hub.domain.model import (
+    REPROCESSABLE_STATES,
     DeliveryState,
     Enrolment,
     EventState,
@@ -306,12 +307,6 @@ class Repository:
                                          D.c.lease_owner == owner)
                          .values(state=DeliveryState.PENDING.value, lease_owner=None,
                                  lease_until=None, updated_at=now))
-
-    def has_received(self) -> bool:
-        with self.db.read_engine.connect() as conn:
-            return conn.execute(
-                select(J.c.id).where(J.c.state == MessageState.RECEIVED.value).limit(1)
-            ).first() is not None
 
     @transient
     def claim_messages(
@@ -699,9 +694,7 @@ class Repository:
             state = conn.execute(select(J.c.state).where(J.c.id == message_id)).scalar()
             if state is None:
                 return "not-found"
-            allowed = {MessageState.FAILED.value, MessageState.UNMATCHED.value,
-                       MessageState.FILTERED.value}
-            if state not in allowed:
+            if state not in REPROCESSABLE_STATES:
                 return f"state-{state}"
             conn.execute(delete(E).where(E.c.journal_id == message_id))
             conn.execute(update(J).where(J.c.id == message_id).values(
