@@ -172,6 +172,8 @@ def test_kill_minus_nine_loses_and_duplicates_nothing(tmp_path, medplum, serve_p
     assert lost == []
     assert duplicated == []
     assert unexpected == []
+    log_text = server.log.read_text()
+    assert not [p for p in PATIENTS if p in log_text]  # invariant 5: no identity numbers
     print(f"kills={kills} events={len(events)} posts={sender.attempts} "
           f"effects={len(found)} recorded sends={requests} sender errors={sender.errors}")
     assert requests >= len(acked)

@@ -213,3 +213,41 @@ async def test_refused_credentials_pause_the_destination(tmp_path, db_url, recei
             assert hub.repo.status().paused == {}
     finally:
         hub.close()
+
+
+async def test_order_per_patient_holds_with_two_processing_workers(tmp_path, db_url, receiver):
+    """Two processors take batches concurrently, so deliveries of one patient can be
+    created out of acceptance order; the ordering barrier still sends them in order."""
+    import threading
+
+    hub = build_hub(tmp_path, db_url, fhir_destination(receiver, events_per_request=1),
+                    processing={"poll_seconds": 0.01, "lease_seconds": 5, "batch_size": 3})
+    enrol(hub, "TA-0", PATIENTS[0])
+    enrol(hub, "TA-1", PATIENTS[1])
+    events = [alarm_event(f"e{n}", f"A{n}", f"TA-{n % 2}") for n in range(60)]
+    ingest(hub, *events)
+    workers = [hub.processor() for _ in range(2)]
+    for i, worker in enumerate(workers):
+        worker.worker = f"{hub.worker}-p{i}"
+
+    def drain(worker):
+        while worker.run_batch()[0]:
+            pass
+
+    threads = [threading.Thread(target=drain, args=(w,)) for w in workers]
+    try:
+        async with running(hub):  # dispatch (and a third processor) run meanwhile
+            for t in threads:
+                t.start()
+            await wait_until(lambda: hub.repo.status().deliveries.get("ehr") ==
+                             {"delivered": 60}, what="60 deliveries")
+    finally:
+        for t in threads:
+            t.join()
+        hub.close()
+    seen = defaultdict(list)
+    for request in receiver.requests():
+        for patient, alarm in alarms_in(request):
+            seen[patient].append(alarm)
+    for n, patient in enumerate(PATIENTS[:2]):
+        assert seen[patient] == [f"A{i}" for i in range(60) if i % 2 == n]
