@@ -599,6 +599,8 @@ class Repository:
         Only the worker that still holds a delivery's lease changes its state (a worker
         whose lease expired is fenced off); every attempt is logged either way.
         """
+        if not records:
+            return []
         now = utcnow()
         with self.db.engine.begin() as conn:
             owned_query = select(D.c.id).where(

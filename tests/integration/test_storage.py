@@ -59,24 +59,28 @@ def test_intake_dedup_within_and_across_batches(repo):
     assert repo.status().messages == {"received": 3}
 
 
-def test_concurrent_claims_take_each_message_once(repo):
-    ids = {r.id for r in repo.insert_messages([raw(f"m{i}") for i in range(400)])}
+def claim_concurrently(claim, workers=4):
+    """Run `claim(worker_name)` in several threads until it returns nothing; returns
+    every id claimed (a double claim shows up as an id counted twice)."""
     claimed: list[int] = []
     lock = threading.Lock()
 
     def worker(name):
-        while True:
-            batch = repo.claim_messages(name, 25, 30, 5)
-            if not batch:
-                return
+        while batch := claim(name):
             with lock:
-                claimed.extend(m.id for m in batch)
+                claimed.extend(item.id for item in batch)
 
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return claimed
+
+
+def test_concurrent_claims_take_each_message_once(repo):
+    ids = {r.id for r in repo.insert_messages([raw(f"m{i}") for i in range(400)])}
+    claimed = claim_concurrently(lambda name: repo.claim_messages(name, 25, 30, 5))
     assert Counter(claimed) == Counter(ids)
 
 
@@ -147,23 +151,13 @@ def test_alarms_are_claimed_before_older_ordinary_deliveries(repo):
 
 def test_concurrent_delivery_claims_never_double_claim(repo):
     ids = set(plan(repo, [(f"key-{i}", 50) for i in range(200)]))
-    claimed: list[int] = []
-    lock = threading.Lock()
 
-    def worker(name):
-        while True:
-            batch = repo.claim_deliveries("ehr", name, 16, 60)
-            if not batch:
-                return
-            finish(repo, name, batch)
-            with lock:
-                claimed.extend(c.id for c in batch)
+    def claim_and_deliver(name):
+        batch = repo.claim_deliveries("ehr", name, 16, 60)
+        assert finish(repo, name, batch) == []  # nothing lost to another worker
+        return batch
 
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    claimed = claim_concurrently(claim_and_deliver)
     assert Counter(claimed) == Counter(ids)
     assert repo.status().deliveries == {"ehr": {"delivered": 200}}
 
@@ -247,3 +241,26 @@ def test_a_key_inserted_meanwhile_by_another_process_falls_back_row_by_row(pg_ur
     assert raced
     assert (results[0].id, results[0].duplicate) == (raced[0], True)
     assert not results[1].duplicate
+
+
+def test_one_bad_result_in_a_batch_fails_only_its_message(repo):
+    """The batch is written with multi-row statements; when that fails (here: a real
+    unique-key violation, two events with the same seq), each message is written alone
+    and only the bad one fails, with the reason kept."""
+    good, bad = (r.id for r in repo.insert_messages([raw("good"), raw("bad")]))
+    repo.claim_messages("proc", 10, 30, 5)
+    broken = outcome_with(bad)
+    broken = MessageOutcome(bad, MessageState.PROCESSED, None,
+                            [*broken.events, *broken.events])  # seq 0 twice
+    assert repo.save_outcomes("proc", [outcome_with(good), broken]) == []
+    assert repo.message_trace(good)["state"] == "processed"
+    assert len(repo.message_trace(good)["deliveries"]) == 1
+    failed = repo.message_trace(bad)
+    assert failed["state"] == "failed"
+    assert failed["reason"].startswith("storing the processing result failed: IntegrityError")
+    assert failed["events"] == []
+    assert failed["deliveries"] == []
+
+
+def test_recording_no_attempts_is_a_no_op(repo):
+    assert repo.record_attempts("w", "ehr", []) == []
