@@ -1,8 +1,13 @@
-"""Built-in mapping of alarm events to VKP R4: DetectedIssue + Encounter (+ Composition).
+"""Built-in mapping of alarms and issues to VKP R4.
 
-An alarm case is one DetectedIssue, one Encounter and one Composition for its whole life:
-their ids derive from the alarm, so "raised", "handled" and "acknowledged" update the
-same resources and the EHR ends with the final picture (domain.md §1.3, §3 "Emit").
+- An alarm case (safety alarm, digital supervision, location, nurse call: `event.alarm`)
+  is one DetectedIssue, one Encounter and one Composition for its whole life: their ids
+  derive from the alarm, so "raised", "handled" and "acknowledged" update the same
+  resources and the EHR ends with the final picture (domain.md §1.3, §3 "Emit").
+- A plain issue (`event.code` and no details: a dispenser fault, a missed measurement,
+  a device out of contact) is one DetectedIssue.
+- A position (`event.position`) travels as a Location resource that the DetectedIssue
+  names as evidence and the Encounter as its location: the receiver gets it, logs never.
 """
 
 from __future__ import annotations
@@ -11,58 +16,103 @@ from typing import Any
 
 from hub import hookimpl
 from hub.contracts import MapContext
-from hub.domain.model import AlarmDetails, AlarmStatus, Event
+from hub.domain.model import AlarmDetails, AlarmStatus, Event, Position
 from hub.errors import MappingError
 from hub.fhir import vkp
 
 # LOINC "Summary of episode note", as in NHN's JFT example for VKP Compositions.
 COMPOSITION_TYPE = {"system": vkp.LOINC, "code": "34133-9", "display": "Summary of episode note"}
-EVENT_BASED = "2"  # vkp-encounter-reason: hendelsesbasert tilsyn
 SAFETY_AND_COPING = "1"  # vkp-composition-category: Trygghet og mestring
 EVENT_DESCRIPTION = "1.2"  # vkp-composition-section: beskrivelse av hendelse
 TWO_WAY_SPEECH = "2"  # vkp-encounter-mode: toveis tale, a safety alarm's usual contact
+IMAGE_SUPERVISION = "1"  # vkp-encounter-mode: bildebasert tilsyn
 
 
 @hookimpl(trylast=True)
 def hub_map_event(event: Event, context: MapContext) -> list[dict[str, Any]] | None:
-    if event.alarm is None:
-        return None
+    if event.alarm is not None:
+        return alarm_case(event, event.alarm, context)
+    if (event.code is not None and event.dispense is None and event.measurement is None
+            and event.access is None):
+        return plain_issue(event, context)
+    return None
+
+
+def alarm_case(event: Event, alarm: AlarmDetails, ctx: MapContext) -> list[dict[str, Any]]:
     if event.code is None:
         raise MappingError(f"{event.kind} event for an alarm has no vkp-alert-code")
-    alarm = event.alarm
-    resources = [detected_issue(event, alarm, context), encounter(event, alarm, context)]
+    resources = [detected_issue(event, ctx, alarm), encounter(event, alarm, ctx)]
     if alarm.timeline:
-        resources.append(composition(event, alarm, context))
+        resources.append(composition(event, alarm, ctx))
+    if event.position is not None:
+        resources.append(location(event, event.position, ctx))
     return resources
 
 
-def detected_issue(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[str, Any]:
+def plain_issue(event: Event, ctx: MapContext) -> list[dict[str, Any]]:
+    resources = [detected_issue(event, ctx)]
+    if event.position is not None:
+        resources.append(location(event, event.position, ctx))
+    return resources
+
+
+def detected_issue(event: Event, ctx: MapContext,
+                   alarm: AlarmDetails | None = None) -> dict[str, Any]:
+    """vkp-DetectedIssue: the alarm or issue itself, coded with vkp-alert-code."""
     rid = ctx.resource_id(event, "DetectedIssue")
     assert event.code is not None
+    identifiers = [vkp.uuid_identifier(rid)]
+    if alarm is not None:
+        # The vendor's case id lets staff find the case in the vendor's portal.
+        identifiers.append({"system": vkp.ALARM_ID_SYSTEM_PREFIX + event.source,
+                            "value": alarm.alarm_id})
+    open_case = alarm is not None and alarm.status is not AlarmStatus.CLOSED
     resource: dict[str, Any] = {
         "resourceType": "DetectedIssue",
         "id": rid,
         "meta": {"profile": [vkp.PROFILE_DETECTED_ISSUE]},
-        # The vendor's case id lets staff find the case in the vendor's portal.
-        "identifier": [vkp.uuid_identifier(rid),
-                       {"system": vkp.ALARM_ID_SYSTEM_PREFIX + event.source,
-                        "value": alarm.alarm_id}],
-        "status": "final" if alarm.status is AlarmStatus.CLOSED else "preliminary",
+        "identifier": identifiers,
+        "status": "preliminary" if open_case else "final",
         "code": vkp.concept(ctx.mappings, vkp.ALERT_CODE, event.code),
         "patient": vkp.person_reference(ctx.enrolment.patient),
-        "identifiedDateTime": vkp.instant(alarm.raised_at),
+        "identifiedDateTime": vkp.instant(alarm.raised_at if alarm else event.occurred_at),
         "author": vkp.device_reference(event.source, event.device),
     }
     if event.severity:
         resource["severity"] = event.severity
-    if alarm.trigger_text:
-        resource["detail"] = alarm.trigger_text
+    detail = (alarm.trigger_text if alarm else None) or event.detail
+    if detail:
+        resource["detail"] = detail
+    if event.position is not None:
+        resource["evidence"] = [{"detail": [
+            {"reference": f"Location/{ctx.resource_id(event, 'Location')}"}]}]
+    return resource
+
+
+def location(event: Event, position: Position, ctx: MapContext) -> dict[str, Any]:
+    """Where the event happened (GPS). Coordinates are personal data: only the receiver
+    sees them."""
+    rid = ctx.resource_id(event, "Location")
+    description = "Posisjon ved hendelsen (position at the event)"
+    if position.accuracy_m is not None:
+        description += f", ±{position.accuracy_m:g} m"
+    if position.at is not None:
+        description += f", målt (measured) {vkp.instant(position.at)}"
+    resource: dict[str, Any] = {
+        "resourceType": "Location",
+        "id": rid,
+        "identifier": [vkp.uuid_identifier(rid)],
+        "status": "active",
+        "mode": "instance",
+        "description": description,
+        "position": {"latitude": position.latitude, "longitude": position.longitude},
+    }
     return resource
 
 
 def encounter(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[str, Any]:
     rid = ctx.resource_id(event, "Encounter")
-    mode = alarm.encounter_mode or TWO_WAY_SPEECH
+    mode = alarm.encounter_mode or (IMAGE_SUPERVISION if alarm.digital else TWO_WAY_SPEECH)
     participants: list[dict[str, Any]] = [
         {"type": [vkp.concept(ctx.mappings, vkp.ENCOUNTER_MODE, mode)],
          "individual": vkp.device_reference(event.source, event.device)},
@@ -71,12 +121,13 @@ def encounter(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[str, A
     if alarm.closed_at is not None:
         period["end"] = vkp.instant(alarm.closed_at)
     # Handled remotely by the response centre is a virtual encounter; a call-out that
-    # reached the home makes it home health.
-    act = ("HH", "home health") if alarm.call_out else ("VR", "virtual")
+    # reached the home makes it home health. Digital supervision is always virtual.
+    act = ("HH", "home health") if alarm.call_out and not alarm.digital else ("VR", "virtual")
+    profile = vkp.PROFILE_DIGITAL_ENCOUNTER if alarm.digital else vkp.PROFILE_ENCOUNTER
     resource: dict[str, Any] = {
         "resourceType": "Encounter",
         "id": rid,
-        "meta": {"profile": [vkp.PROFILE_ENCOUNTER]},
+        "meta": {"profile": [profile]},
         "extension": [vkp.encounter_device_extension(event.source, event.device)],
         "identifier": [vkp.uuid_identifier(rid)],
         "status": "finished" if alarm.status is AlarmStatus.CLOSED else "in-progress",
@@ -85,10 +136,15 @@ def encounter(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[str, A
         "subject": vkp.person_reference(ctx.enrolment.patient),
         "participant": participants,
         "period": period,
-        "reasonCode": [vkp.concept(ctx.mappings, vkp.ENCOUNTER_REASON, EVENT_BASED)],
+        "reasonCode": [vkp.concept(ctx.mappings, vkp.ENCOUNTER_REASON, str(alarm.reason))],
     }
+    places: list[dict[str, Any]] = []
     if event.device.location:
-        resource["location"] = [{"location": {"display": event.device.location}}]
+        places.append({"location": {"display": event.device.location}})
+    if event.position is not None:
+        places.append({"location": {"reference": f"Location/{ctx.resource_id(event, 'Location')}"}})
+    if places:
+        resource["location"] = places
     if alarm.response_centre is not None:
         resource["serviceProvider"] = vkp.organisation_reference(alarm.response_centre)
     return resource

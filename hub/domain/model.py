@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 
@@ -82,10 +83,15 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class PersonId:
-    """A national person identifier: `system` is a no-basis OID URI (FNR, DNR, FHN)."""
+    """A national person identifier: `system` is a no-basis OID URI (FNR, DNR, FHN).
+
+    An H-number (FHN, a temporary number) is only unique within its issuer: `assigner`
+    names the issuing organisation (org.nr) and is required for it.
+    """
 
     system: str
     value: str
+    assigner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,103 @@ class TimelineEntry:
     note: str | None = None  # free text: personal data, never logged
 
 
+class EncounterReason(enum.StrEnum):
+    """vkp-encounter-reason: why staff looked in."""
+
+    PLANNED = "1"  # planlagt tilsyn
+    EVENT_BASED = "2"  # hendelsesbasert tilsyn
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A geographic position (WGS84). Personal data: sent to receivers, never logged."""
+
+    latitude: float
+    longitude: float
+    accuracy_m: float | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Performer:
+    """Who or what performed an act, by identifier (VKP forbids references by id).
+
+    `system` is an identifier system URI: HPR number, a municipal employee register, or
+    `urn:tryggbro:device:<source>` for a device.
+    """
+
+    system: str
+    value: str
+    display: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DispenseDetails:
+    """A medication dispenser's successful dispense (vkp-MedicationDispense)."""
+
+    dispense_id: str
+    category: str  # vkp-medicationdispense-events code: 1.1, 1.2, 1.3, 2.1, 2.2, 3
+    handed_over_at: datetime
+    planned_at: datetime | None = None
+    medication_text: str | None = None  # free text: personal data, never logged
+    dosage_text: str | None = None
+    assisted_by: Performer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    """A measured value with its UCUM unit code. Decimal: measurements are never floats."""
+
+    value: Decimal
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementComponent:
+    type: str  # key in mappings/measurements.toml, e.g. "systolic"
+    value: Quantity
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One DHO measurement (digital hjemmeoppfølging) in canonical units.
+
+    `type` is a key of the measurement code table (`mappings/measurements.toml`), which
+    gives its LOINC, SNOMED CT and MDC codes and its UCUM unit. A compound measurement
+    (blood pressure) has no `value` and one component per part.
+    """
+
+    measurement_id: str  # the dedupe key: vendor id or the PHD conditionalCreate recipe
+    type: str
+    effective_at: datetime
+    value: Quantity | None = None
+    components: tuple[MeasurementComponent, ...] = ()
+    mdc_code: str | None = None  # the MDC code the device reported, if any
+    device_display: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeasurementPlan:
+    """What a patient's DHO plan expects of one measurement type: its normal range and
+    how often it must arrive. A value outside [low, high] raises vkp-alert-code 5.1; no
+    measurement within `every` raises 5.3.2."""
+
+    type: str
+    low: Decimal | None = None
+    high: Decimal | None = None
+    unit: str | None = None  # UCUM unit of low/high; the type's canonical unit if None
+    every: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DoorAccess:
+    """An electronic door lock's access event (elektronisk dørlås)."""
+
+    outcome: str  # "unlocked", "locked", "forced", "failed"
+    staff: Performer | None = None  # who unlocked, when the lock knows
+    method: str | None = None  # "app", "key-card", "pin" …
+
+
 @dataclass(frozen=True, slots=True)
 class AlarmDetails:
     """An alarm's case at the response centre: a snapshot sent at each change."""
@@ -138,6 +241,8 @@ class AlarmDetails:
     response_centre: OrganisationRef | None = None
     display_url: str | None = None
     trigger_text: str | None = None  # coded description, e.g. "Alarmknapp"
+    reason: EncounterReason = EncounterReason.EVENT_BASED
+    digital: bool = False  # handled by digital supervision: vkp-digital-Encounter (class VR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +263,16 @@ class Event:
     device: DeviceRef
     code: str | None = None  # vkp-alert-code
     severity: str | None = None  # DetectedIssue.severity: high | moderate | low
+    detail: str | None = None  # short coded description for staff ("Dispenser open")
     priority: int | None = None  # None: the category's default
     snapshot: bool = False
+    # At most one of the details below says what the event is about; an event with
+    # only `code` is a plain issue (DetectedIssue), e.g. a dispenser fault.
     alarm: AlarmDetails | None = None
+    dispense: DispenseDetails | None = None
+    measurement: Measurement | None = None
+    access: DoorAccess | None = None
+    position: Position | None = None  # where it happened (GPS), alongside any of the above
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -168,9 +280,26 @@ class Event:
         return self.priority if self.priority is not None else int(DEFAULT_PRIORITY[self.category])
 
 
+class LegalBasisKind(enum.StrEnum):
+    CONSENT = "consent"  # samtykke
+    VEDTAK = "vedtak"  # an administrative decision, with its case reference
+
+
+@dataclass(frozen=True, slots=True)
+class LegalBasis:
+    """Why the municipality may process this patient's device data (GDPR art. 6/9)."""
+
+    kind: LegalBasisKind
+    reference: str | None = None  # required for a vedtak: the decision's case number
+
+
 @dataclass(frozen=True, slots=True)
 class Enrolment:
-    """A device's enrolment: who it serves, where, and on which basis."""
+    """A device's enrolment: who it serves, where, and on which basis.
+
+    Nothing is routed for a device without an enrolment valid at the event's time, and
+    every enrolment has a legal basis.
+    """
 
     source: str
     device_id: str
@@ -178,6 +307,11 @@ class Enrolment:
     municipality: str  # kommunenummer, 4 digits
     organisation: str | None = None  # org.nr of the municipality or its unit
     care_team: str | None = None
+    legal_basis: LegalBasis = LegalBasis(LegalBasisKind.CONSENT)
+    measurement_plans: tuple[MeasurementPlan, ...] = ()
+
+    def plan_for(self, measurement_type: str) -> MeasurementPlan | None:
+        return next((p for p in self.measurement_plans if p.type == measurement_type), None)
 
 
 class MessageState(enum.StrEnum):
