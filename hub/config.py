@@ -93,6 +93,13 @@ class ProcessingSettings(Strict):
     poll_seconds: float = Field(0.5, gt=0)
 
 
+class MonitorSettings(Strict):
+    enabled: bool = Field(True, description="run the scheduled checks in the serving process")
+    interval_seconds: float = Field(
+        60.0, gt=0, description="how often devices out of contact and missing DHO "
+        "measurements are looked for")
+
+
 class IntakeSettings(Strict):
     max_batch: int = Field(256, ge=1, le=10_000, description="messages per group commit")
 
@@ -158,6 +165,7 @@ class Config(Strict):
     logging: LoggingSettings = LoggingSettings()
     intake: IntakeSettings = IntakeSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    monitor: MonitorSettings = MonitorSettings()
     sources: dict[str, SourceSettings] = {}
     destinations: dict[str, DestinationSettings] = {}
     routes: list[RouteSettings] = []
