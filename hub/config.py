@@ -93,6 +93,9 @@ class ProcessingSettings(Strict):
     poll_seconds: float = Field(0.5, gt=0)
 
 
+RESERVED_SOURCE = "tryggbro-monitor"  # hub.monitor journals its findings on this source
+
+
 class MonitorSettings(Strict):
     enabled: bool = Field(True, description="run the scheduled checks in the serving process")
     interval_seconds: float = Field(
@@ -199,6 +202,9 @@ class Config(Strict):
         """Check names that only exist once plugins are loaded."""
         problems = []
         for name, src in self.sources.items():
+            if name == RESERVED_SOURCE:
+                problems.append(f"sources.{name}: the name is reserved for the hub's own "
+                                "scheduled checks; choose another")
             if src.adapter not in adapters:
                 problems.append(f"sources.{name}.adapter: no adapter named {src.adapter!r} is "
                                 f"loaded (loaded: {', '.join(sorted(adapters)) or 'none'})")

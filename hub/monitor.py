@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from hub.config import RESERVED_SOURCE
 from hub.contracts import IntakeRequest
 from hub.domain.ids import order_key
 from hub.domain.model import Category, DeviceRef, Event, RawMessage, StoredMessage
@@ -30,7 +31,7 @@ from hub.store.repository import Repository
 
 log = get_logger("hub.monitor")
 
-MONITOR_SOURCE = "tryggbro-monitor"
+MONITOR_SOURCE = RESERVED_SOURCE
 DEVICE_TYPES_TABLE = "device-types"
 NO_CONTACT = "no_contact"
 MEASUREMENT_MISSING = "measurement_missing"

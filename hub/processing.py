@@ -29,6 +29,7 @@ from hub.faults import crashpoint
 from hub.fhir import transaction_bundle, validate_bundle
 from hub.logging import bound_message, get_logger
 from hub.mappings import MappingStore
+from hub.monitor import MONITOR_SOURCE
 from hub.store.repository import (
     DeviceRecord,
     MessageOutcome,
@@ -136,8 +137,10 @@ class Pipeline:
     def _plan_message(self, msg: StoredMessage, events: list[Event],
                       batch: BatchLookups) -> MessageOutcome:
         # Any message from a device, heartbeat or not, shows it is alive: its last-seen
-        # time moves even if the message is then held or fails.
-        seen = [(ev.source, ev.device.id, msg.received_at) for ev in events]
+        # time moves even if the message is then held or fails. The monitor's findings
+        # about a device are not the device speaking.
+        seen = ([] if msg.source == MONITOR_SOURCE
+                else [(ev.source, ev.device.id, msg.received_at) for ev in events])
         measured: list[tuple[str, str, str, datetime]] = []
         try:
             planned = [self._plan(msg, seq, ev, batch, measured) for seq, ev in enumerate(events)]
