@@ -174,11 +174,15 @@ def _encounter(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
     participants = r.get("participant", [])
     if not participants:
         yield "participant: at least one is required (vkp-Encounter)"
+    # vkp-encounter-mode only has remote modes (image, speech, listening-in): an Encounter
+    # that claims no VKP profile (a physical visit) codes its participants otherwise.
+    profiles = r.get("meta", {}).get("profile", [])
+    vkp_profiled = any(str(p).startswith(vkp.SD) for p in profiles)
     for i, p in enumerate(participants):
         types = p.get("type", [])
         if len(types) != 1:
             yield f"participant[{i}].type: exactly one is required (vkp-encounter-mode)"
-        for t in types:
+        for t in types if vkp_profiled else ():
             yield from _code_in(m, t, vkp.ENCOUNTER_MODE, f"participant[{i}].type")
     if "start" not in r.get("period", {}):
         yield "period.start: required (vkp-Encounter)"
