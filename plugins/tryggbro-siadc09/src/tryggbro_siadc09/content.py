@@ -70,7 +70,7 @@ def _parse_sia(body: str, frame: Frame) -> list[Record]:
         body = body[1:]
     records: list[Record] = []
     area = ""
-    for block in body.split("/") if body else []:
+    for number, block in enumerate(body.split("/") if body else [], 1):
         event = _SIA_EVENT.match(block)
         if event is not None:
             records.append(Record("sia", event.group(1), event.group(2), area))
@@ -78,7 +78,7 @@ def _parse_sia(body: str, frame: Frame) -> list[Record]:
         modifier = _SIA_MODIFIER.match(block)
         if modifier is None:
             raise FrameError(Answer.DUH, "bad-sia-data",
-                             f"SIA-DCS block {block[:20]!r} is neither an event (two capital "
+                             f"SIA-DCS block {number} is neither an event (two capital "
                              "letters and a zone) nor a modifier (ri, ti, id …)", frame.header)
         if modifier.group(1) == "ri":
             area = modifier.group(2)
