@@ -4,6 +4,8 @@ with pysiaalarm's CRC (an implementation independent of this plugin)."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ from tryggbro_siadc09.adapter import SiaDc09Adapter
 from hub.contracts import AdapterSetup, IntakeRequest
 from hub.domain.model import AlarmStatus, Category, StoredMessage
 from hub.errors import ConfigError, InputError, MappingError
+from hub.logging import configure_logging
 from hub.mappings import MappingStore
 
 REPO = Path(__file__).resolve().parents[3]
@@ -76,6 +79,14 @@ async def receiver(tryggbro_hub, tmp_path):
     yield hub, source
     await source.stop()
     hub.intake.stop()
+
+
+@pytest.fixture
+def logs():
+    """The hub's JSON log lines, read back as dicts."""
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    return lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 class Panel:
@@ -143,7 +154,8 @@ async def test_failing_intake_gets_nak_not_ack(receiver, tmp_path):
     await panel.close()
 
 
-async def test_damaged_frames_get_nak_and_the_connection_keeps_working(receiver, tmp_path):
+async def test_damaged_frames_get_nak_and_the_connection_keeps_working(receiver, tmp_path,
+                                                                        logs):
     _hub, source = receiver
     panel = await Panel.connect(source.port)
     good = sia("0003")
@@ -156,6 +168,12 @@ async def test_damaged_frames_get_nak_and_the_connection_keeps_working(receiver,
         assert abs((stamp - datetime.now(UTC)).total_seconds()) < 5  # the receiver's time
     assert (await panel.send(b"noise before the frame" + good)).startswith('"ACK"0003')
     assert [b for _, b in journal(tmp_path)] == [good]
+    reasons = [(r.get("answer"), r.get("reason")) for r in logs()
+               if r["event"] == "DC-09 frame not taken"]
+    assert reasons == [("NAK", "bad-crc"), ("NAK", "bad-length"), ("NAK", "not-a-frame"),
+                       ("NAK", "not-a-frame")]
+    assert any(r["event"] == "DC-09 bytes before the frame start (LF) discarded"
+               and r["bytes"] == 22 for r in logs())
     await panel.close()
 
 
@@ -243,13 +261,15 @@ async def test_bare_null_link_test_is_acked_without_storing(receiver, tmp_path):
     await panel.close()
 
 
-async def test_oversized_input_is_naked_and_closed(receiver, tmp_path, caplog):
+async def test_oversized_input_is_naked_and_closed(receiver, logs):
     _hub, source = receiver
     panel = await Panel.connect(source.port)
     panel.writer.write(b"\n" + b"A" * 2000)
     await panel.writer.drain()
     assert (await panel.answer()).startswith('"NAK"')
     assert await asyncio.wait_for(panel.reader.read(), 5) == b""  # closed by the receiver
+    assert any(r["event"].startswith("DC-09 input longer than max_frame_bytes")
+               and r["max_frame_bytes"] == 512 for r in logs())
     again = await Panel.connect(source.port)  # the receiver itself is fine
     assert (await again.send(sia("0031"))).startswith('"ACK"0031')
     await again.close()
