@@ -15,14 +15,16 @@ import tempfile
 import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from hub.config import Config, RouteSettings, format_validation_error
 from hub.contracts import Adapter, AdapterSetup, IntakeRequest
-from hub.domain.model import Enrolment, PersonId, RawMessage
+from hub.domain.model import Enrolment, MeasurementPlan, PersonId, RawMessage
 from hub.domain.privacy import FNR_SYSTEM
 from hub.errors import ConfigError, InputError
 from hub.mappings import MappingStore
@@ -107,6 +109,24 @@ class Fixture:
     mappings_dir: Path
 
 
+_NUMBER = r"-?[0-9]+(?:\.[0-9]+)?"
+_PLAN = re.compile(rf"^(?P<type>[a-z0-9_]+)(?::(?P<low>{_NUMBER})?\.\.(?P<high>{_NUMBER})?)?"
+                   r"(?:@(?P<n>[0-9]+)(?P<unit>min|h|d|w))?$")
+_PERIOD = {"min": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),
+           "w": timedelta(weeks=1)}
+
+
+def parse_plan(text: str) -> MeasurementPlan:
+    """`type[:low..high][@period]`, e.g. "spo2:92..100@24h", "systolic:90..160",
+    "body_weight@7d", "glucose:..12"; bounds in the type's canonical unit."""
+    match = _PLAN.match(text.strip())
+    if match is None:
+        raise ValueError(f"plan {text!r}: expected type[:low..high][@N(min|h|d|w)]")
+    low, high = (Decimal(b) if b else None for b in (match["low"], match["high"]))
+    every = int(match["n"]) * _PERIOD[match["unit"]] if match["n"] else None
+    return MeasurementPlan(match["type"], low, high, None, every)
+
+
 def load_fixture(root: Path) -> Fixture:
     path = root / FIXTURE_FILE
     try:
@@ -122,12 +142,15 @@ def load_fixture(root: Path) -> Fixture:
             devices.append(FixtureDevice(
                 Enrolment(data["source"], str(d["device_id"]),
                           PersonId(d.get("patient_system", FNR_SYSTEM), str(d["patient"])),
-                          str(d["municipality"]), d.get("organisation"), d.get("care_team")),
+                          str(d["municipality"]), d.get("organisation"), d.get("care_team"),
+                          measurement_plans=tuple(parse_plan(p) for p in d.get("plans", []))),
                 _aware(d.get("valid_from", datetime(2000, 1, 1, tzinfo=UTC))),
                 _aware(d["valid_to"]) if "valid_to" in d else None,
             ))
         except KeyError as exc:
             raise ConfigError(f"{path}: devices[{i}]: missing {exc.args[0]}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{path}: devices[{i}]: {exc}") from None
     from pydantic import ValidationError
 
     routes = []
@@ -220,7 +243,8 @@ def run_case(fixture: Fixture, case: Path, plugins: PluginHost,
         db = open_database(f"sqlite:///{tmp}/replay.db")
         try:
             upgrade(db)
-            repo = Repository(db)
+            repo = _PlansRepository(db, {(d.enrolment.source, d.enrolment.device_id):
+                                         d.enrolment.measurement_plans for d in fixture.devices})
             for device in fixture.devices:
                 repo.enrol_device(device.enrolment, device.valid_from, device.valid_to)
             pipeline = Pipeline(hook=plugins.hook, adapters={fixture.source: adapter},
@@ -231,6 +255,25 @@ def run_case(fixture: Fixture, case: Path, plugins: PluginHost,
             return [_one(fixture, adapter, repo, processor, path) for path in inputs]
         finally:
             db.dispose()
+
+
+class _PlansRepository(Repository):
+    """Until the device registry stores measurement plans, replay lays the fixture's
+    `plans` over the enrolments it reads back. A no-op once the registry keeps them."""
+
+    def __init__(self, db: Any, plans: Mapping[tuple[str, str], tuple[MeasurementPlan, ...]]
+                 ) -> None:
+        super().__init__(db)
+        self._plans = plans
+
+    def devices_for(self, keys: Any) -> Any:
+        found = super().devices_for(keys)
+        for key, record in found.items():
+            plans = self._plans.get(key)
+            if plans and not record.enrolment.measurement_plans:
+                found[key] = replace(record, enrolment=replace(record.enrolment,
+                                                               measurement_plans=plans))
+        return found
 
 
 def _one(fixture: Fixture, adapter: Adapter, repo: Repository, processor: Processor,
