@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import tempfile
 import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal

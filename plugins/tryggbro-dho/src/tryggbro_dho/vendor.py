@@ -8,6 +8,7 @@ fails the message with the reason, it is never converted by guess.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -118,28 +119,26 @@ class DhoJsonAdapter:
         type_key = self.kinds.lookup(r.kind)
         ucum = self.units.lookup(r.unit)
         mtype = self.measurements.type(type_key)
-        base = {"measurement_id": r.reading_id, "type": type_key, "effective_at": r.taken_at,
-                "device_display": r.instrument, "note": r.comment}
+        base = Measurement(measurement_id=r.reading_id, type=type_key, effective_at=r.taken_at,
+                           device_display=r.instrument, note=r.comment)
         if not mtype.components:
             value = measured_value(r.value, f"{where}.value")
-            if value is None:
-                return [self._event(r, device, Measurement(**base, data_absent=NOT_A_NUMBER))]
-            return [self._event(r, device, Measurement(
-                **base, value=self._quantity(type_key, value, ucum)))]
+            m = (replace(base, data_absent=NOT_A_NUMBER) if value is None
+                 else replace(base, value=self._quantity(type_key, value, ucum)))
+            return [self._event(r, device, m)]
         parts = {"systolic": r.systolic, "diastolic": r.diastolic}
         values = {k: measured_value(v, f"{where}.{k}") for k, v in parts.items()}
-        if any(v is None for v in values.values()):
-            events = [self._event(r, device, Measurement(**base, data_absent=NOT_A_NUMBER))]
-        else:
-            events = [self._event(r, device, Measurement(**base, components=tuple(
-                MeasurementComponent(k, self._quantity(k, v, ucum))
-                for k, v in values.items() if v is not None)))]
+        components = tuple(MeasurementComponent(k, self._quantity(k, v, ucum))
+                           for k, v in values.items() if v is not None)
+        m = (replace(base, data_absent=NOT_A_NUMBER) if len(components) < len(values)
+             else replace(base, components=components))
+        events = [self._event(r, device, m)]
         if r.pulse is not None:
             pulse = measured_value(r.pulse, f"{where}.pulse")
-            pulse_id = f"{r.reading_id}#pulse"
-            common = {"measurement_id": pulse_id, "type": "pulse", "effective_at": r.taken_at,
-                      "device_display": r.instrument, "mdc_code": CUFF_PULSE_MDC}
-            m = (Measurement(**common, data_absent=NOT_A_NUMBER) if pulse is None
-                 else Measurement(**common, value=self._quantity("pulse", pulse, "/min")))
-            events.append(self._event(r, device, m))
+            pm = Measurement(measurement_id=f"{r.reading_id}#pulse", type="pulse",
+                             effective_at=r.taken_at, device_display=r.instrument,
+                             mdc_code=CUFF_PULSE_MDC)
+            pm = (replace(pm, data_absent=NOT_A_NUMBER) if pulse is None
+                  else replace(pm, value=self._quantity("pulse", pulse, "/min")))
+            events.append(self._event(r, device, pm))
         return events
