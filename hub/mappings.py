@@ -6,7 +6,9 @@ Layout of the mappings folder:
   its canonical ``url`` and a ``[codes]`` table of code → display;
 - ``<table>.toml`` — a vendor mapping table: sections of ``key → code``. A section that
   names a ``codesystem`` has every target checked against it at start-up, so a typo in a
-  mapping stops the gateway at start instead of failing alarms at night.
+  mapping stops the gateway at start instead of failing alarms at night;
+- ``measurements.toml`` — the DHO measurement code table (types → LOINC, SNOMED CT, MDC,
+  UCUM units and conversions), loaded by ``hub.measurements``.
 
 A vendor adds codes by editing the table; no code changes.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hub import measurements as _measurements
 from hub.errors import ConfigError, MappingError
 
 
@@ -83,10 +86,12 @@ class MappingStore:
     """All code systems and mapping tables of one mappings folder, loaded once."""
 
     def __init__(self, directory: Path, codesystems: dict[str, CodeSystem],
-                 tables: dict[str, MappingTable]) -> None:
+                 tables: dict[str, MappingTable],
+                 measurements: _measurements.MeasurementTable | None = None) -> None:
         self.directory = directory
         self._codesystems = codesystems
         self._tables = tables
+        self._measurements = measurements
 
     @classmethod
     def load(cls, directory: Path) -> MappingStore:
@@ -103,9 +108,13 @@ class MappingStore:
                 path.stem, url, {str(k): str(v) for k, v in codes.items()}, path
             )
         tables = {}
+        measurements = None
         for path in sorted(directory.glob("*.toml")):
-            tables[path.stem] = _load_table(path, codesystems)
-        return cls(directory, codesystems, tables)
+            if path.name == _measurements.FILE_NAME:
+                measurements = _measurements.load(path)
+            else:
+                tables[path.stem] = _load_table(path, codesystems)
+        return cls(directory, codesystems, tables, measurements)
 
     def codesystem(self, name: str) -> CodeSystem:
         try:
@@ -123,6 +132,14 @@ class MappingStore:
             raise ConfigError(
                 f"mapping table {name!r} not found: expected {self.directory / name}.toml"
             ) from None
+
+    @property
+    def measurements(self) -> _measurements.MeasurementTable:
+        """The DHO measurement code table; a ConfigError if the folder has none."""
+        if self._measurements is None:
+            raise ConfigError(f"measurement code table not found: expected "
+                              f"{self.directory / _measurements.FILE_NAME}")
+        return self._measurements
 
     @property
     def codesystems(self) -> Mapping[str, CodeSystem]:

@@ -29,6 +29,7 @@ from hub.faults import crashpoint
 from hub.fhir import transaction_bundle, validate_bundle
 from hub.logging import bound_message, get_logger
 from hub.mappings import MappingStore
+from hub.measurements import assess
 from hub.monitor import MONITOR_SOURCE
 from hub.store.repository import (
     DeviceRecord,
@@ -172,6 +173,8 @@ class Pipeline:
     def _plan(self, msg: StoredMessage, seq: int, event: Event, batch: BatchLookups,
               measured: list[tuple[str, str, str, datetime]]) -> PlannedEvent:
         enrolment = self._enrich(msg, event, batch)
+        if enrolment is not None and event.measurement is not None:
+            event = self._assess_measurement(event, enrolment)
         decision = self._route(event, enrolment)
         base = PlannedEvent(
             seq=seq, source=event.source, business_key=event.business_key, kind=event.kind,
@@ -229,6 +232,14 @@ class Pipeline:
         except Exception as exc:
             raise MessageFailed("enrich", _describe(exc)) from exc
         return None
+
+    def _assess_measurement(self, event: Event, enrolment: Enrolment) -> Event:
+        """A DHO measurement outside the patient's plan is an alert (5.1) before routing,
+        so routes and priority see it."""
+        try:
+            return assess(event, enrolment, self.mappings.measurements)
+        except HubError as exc:
+            raise MessageFailed("map", _describe(exc)) from exc
 
     def _route(self, event: Event, enrolment: Enrolment | None) -> RouteDecision:
         try:

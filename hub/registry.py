@@ -24,7 +24,7 @@ Fields (CSV columns):
 | valid_from | no | ISO 8601 with offset; default: now |
 | valid_to | no | ISO 8601 with offset; open-ended when empty |
 | heartbeat_minutes | no | expected contact interval; silence beyond it raises "no contact" |
-| plans | no | DHO measurement plans, `;`-separated: `spo2:92..100@24h;weight@7d` |
+| plans | no | DHO measurement plans, `;`-separated: `spo2:92..100@24h;body_weight@7d` |
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ MAX_IMPORT_ROWS = 100_000
 
 _PLAN = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)"
                    r"(?::(?P<low>-?\d+(?:\.\d+)?)?\.\.(?P<high>-?\d+(?:\.\d+)?)?)?"
-                   r"(?:@(?P<every>\d+)(?P<unit>[mhd]))?$")
-_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
+                   r"(?:@(?P<every>\d+)(?P<unit>min|m|h|d|w))?$")
+_UNITS = {"min": timedelta(minutes=1), "m": timedelta(minutes=1), "h": timedelta(hours=1),
+          "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
 class RecordError(ValueError):
@@ -130,7 +131,7 @@ def parse_plans(text: str, problems: list[str]) -> tuple[MeasurementPlan, ...]:
             continue
         m = _PLAN.match(part)
         if m is None:
-            problems.append(f"plans: {part!r} is not type[:low..high][@N(m|h|d)], "
+            problems.append(f"plans: {part!r} is not type[:low..high][@N(min|h|d|w)], "
                             "e.g. spo2:92..100@24h")
             continue
         low = Decimal(m["low"]) if m["low"] else None

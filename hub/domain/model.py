@@ -202,6 +202,11 @@ class Measurement:
     components: tuple[MeasurementComponent, ...] = ()
     mdc_code: str | None = None  # the MDC code the device reported, if any
     device_display: str | None = None
+    # A data-absent-reason code (e.g. "not-a-number", "error") when the device reported
+    # no usable value: then `value` is None and `components` is empty, never a number.
+    data_absent: str | None = None
+    note: str | None = None  # free text (patient's or nurse's comment): personal data, never logged
+    phd: bool = False  # from an IEEE 11073 personal health device (HL7 PHD IG): phd category
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,10 +208,50 @@ def _composition(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
             yield from _code_in(m, section["code"], vkp.COMPOSITION_SECTION, f"section[{i}].code")
 
 
+# ---------------------------------------------------------------------------------------
+# vkp-Observation (DHO measurements; domain.md §1.3, §4.1–4.2)
+# ---------------------------------------------------------------------------------------
+
+_OBSERVATION_STATUS = {"registered", "preliminary", "final", "amended", "corrected",
+                       "cancelled", "entered-in-error", "unknown"}
+_VITAL_SIGNS = ("http://terminology.hl7.org/CodeSystem/observation-category", "vital-signs")
+
+
+def _ucum_quantity(quantity: Any, element: str) -> Iterable[str]:
+    if not isinstance(quantity, dict):
+        return
+    if quantity.get("system") != vkp.UCUM:
+        yield f"{element}.system: must be UCUM ({vkp.UCUM})"
+    if not quantity.get("code"):
+        yield f"{element}.code: required (the UCUM unit code)"
+
+
+def _observation(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
+    if r.get("status") not in _OBSERVATION_STATUS:
+        yield f"status: {r.get('status')!r} is not one of {sorted(_OBSERVATION_STATUS)}"
+    yield from _uuid_identifier(r)
+    yield from _person(r.get("subject"), "subject")
+    vital = any((c.get("system"), c.get("code")) == _VITAL_SIGNS
+                for cat in r.get("category", []) for c in cat.get("coding", []))
+    if vital and not any(c.get("system") == vkp.LOINC
+                         for c in r.get("code", {}).get("coding", [])):
+        yield f"code: a vital-signs Observation needs a LOINC coding ({vkp.LOINC})"
+    yield from _ucum_quantity(r.get("valueQuantity"), "valueQuantity")
+    for i, comp in enumerate(r.get("component", [])):
+        yield from _ucum_quantity(comp.get("valueQuantity"), f"component[{i}].valueQuantity")
+    has_value = any(k.startswith("value") for k in r)
+    if has_value and "dataAbsentReason" in r:
+        yield "dataAbsentReason: only when there is no value (obs-6)"
+    if not has_value and "dataAbsentReason" not in r and not r.get("component") \
+            and not r.get("hasMember"):
+        yield "value[x]: a value, components or a dataAbsentReason is required (vs-2)"
+
+
 _RULES: dict[str, Callable[[dict[str, Any], MappingStore], Iterable[str]]] = {
     "DetectedIssue": _detected_issue,
     "Encounter": _encounter,
     "Composition": _composition,
+    "Observation": _observation,
 }
 
 

@@ -35,6 +35,9 @@ UUID_SYSTEM = "urn:ietf:rfc:3986"
 ORG_NUMBER_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"  # Enhetsregisteret
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+MDC = "urn:iso:std:iso:11073:10101"  # IEEE 11073-10101 nomenclature
+UCUM = "http://unitsofmeasure.org"
 # Identifier systems for vendor ids when the vendor publishes none of its own; the
 # configured source name completes them (urn:tryggbro:alarm:<source>).
 DEVICE_ID_SYSTEM_PREFIX = "urn:tryggbro:device:"

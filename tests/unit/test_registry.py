@@ -84,7 +84,7 @@ def test_measurement_plans_round_trip():
     assert format_plans(plans) == "spo2:92..100@1d;weight@7d;systolic:..160"
     assert problems(plans="spo2:100..92") == ["plans: 'spo2:100..92': low is above high"]
     assert problems(plans="spo2=92") == [
-        "plans: 'spo2=92' is not type[:low..high][@N(m|h|d)], e.g. spo2:92..100@24h"]
+        "plans: 'spo2=92' is not type[:low..high][@N(min|h|d|w)], e.g. spo2:92..100@24h"]
 
 
 CSV_HEADER = "source;device_id;device_type;patient;municipality;legal_basis;legal_basis_ref\n"

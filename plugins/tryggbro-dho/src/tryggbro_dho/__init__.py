@@ -1,0 +1,1 @@
+"""Tryggbro adapters for DHO measurements (digital hjemmeoppfølging)."""
