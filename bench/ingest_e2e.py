@@ -37,11 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hub.domain.model import Enrolment, PersonId  # noqa: E402
-from hub.domain.privacy import FNR_SYSTEM  # noqa: E402
 from hub.store.db import open_database, upgrade  # noqa: E402
 from hub.store.repository import Repository  # noqa: E402
-from tests.integration.helpers import unique_patient  # noqa: E402
+from tests.integration.helpers import enrolment_request, unique_patient  # noqa: E402
 from tests.peers.medplum import free_port  # noqa: E402
 from tests.peers.receiver import RecordingReceiver  # noqa: E402
 
@@ -144,10 +142,8 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, float]:
         db = open_database(f"sqlite:///{tmp}/hub.db")
         upgrade(db)
         repo = Repository(db)
-        for i in range(DEVICES):
-            repo.enrol_device(Enrolment("bench", f"BENCH-{i}",
-                                        PersonId(FNR_SYSTEM, unique_patient()), "0301"),
-                              datetime(2020, 1, 1, tzinfo=UTC))
+        repo.enrol([enrolment_request(f"BENCH-{i}", unique_patient(), "bench")
+                    for i in range(DEVICES)])
         db.dispose()
         env = {**os.environ, "BENCH_SOURCE_KEY": KEY}
         log = (tmp / "serve.log").open("wb")

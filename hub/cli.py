@@ -11,20 +11,30 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from hub import __version__
 from hub.config import DEFAULT_CONFIG_ENV, Config, load_config, require_env
-from hub.domain.model import Enrolment, PersonId
-from hub.domain.privacy import DNR_SYSTEM, FHN_SYSTEM, FNR_SYSTEM, person_id_problem
 from hub.errors import HubError
 from hub.logging import configure_logging
+from hub.monitor import DeviceTypes
 from hub.plugins import PluginHost
+from hub.registry import (
+    PERSON_TYPES,
+    EnrolmentRequest,
+    RecordError,
+    parse_csv,
+    parse_enrolment,
+    parse_time,
+)
 from hub.stages import STAGES, become_stage_process
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -379,75 +389,169 @@ def replay(state: State, path: Path, update: bool, junit: Path | None, use_confi
 
 
 # ----------------------------------------------------------------------------------------
-# Devices (minimal registry; enrolment with legal basis comes with the registry issue)
+# Device registry: enrol with a legal basis, end, list, bulk import
 # ----------------------------------------------------------------------------------------
 
 
 @cli.group()
 def devices() -> None:
-    """Enrol vendor devices: which patient and municipality a device serves."""
+    """The device registry: which patient a device serves, where, and on which legal basis."""
 
 
-_PERSON_SYSTEMS = {"fnr": FNR_SYSTEM, "dnr": DNR_SYSTEM, "fhn": FHN_SYSTEM}
+def _enrol_requests(hub: Hub, requests: list[EnrolmentRequest]) -> None:
+    unknown = sorted({r.device.source for r in requests} - set(hub.config.sources))
+    if unknown:
+        raise click.ClickException(f"no source named {', '.join(map(repr, unknown))} in "
+                                   f"{hub.config.path}")
+    from hub.store.repository import RegistryConflict
+
+    try:
+        ids = hub.repo.enrol(requests)
+    except RegistryConflict as exc:
+        raise click.ClickException("; ".join(exc.problems)) from None
+    requeued = sum(hub.repo.requeue_unmatched(s) for s in sorted({r.device.source
+                                                                  for r in requests}))
+    click.echo(f"enrolled {len(ids)} device(s) (enrolment id {', '.join(map(str, ids))}); "
+               f"{requeued} held message(s) queued again")
 
 
 @devices.command("enrol")
 @click.argument("source")
 @click.argument("device_id")
-@click.option("--patient", required=True, help="11-digit fødselsnummer, D-number or FHN.")
-@click.option("--id-type", type=click.Choice(sorted(_PERSON_SYSTEMS)), default="fnr",
-              show_default=True)
+@click.option("--type", "device_type", required=True,
+              help="Kind of device (mappings/device-types.toml): safety_alarm, dispenser …")
+@click.option("--patient", required=True,
+              help="Fødselsnummer, D-number, FHN or H-number (11 digits, mod-11 checked).")
+@click.option("--id-type", type=click.Choice(sorted(PERSON_TYPES)),
+              help="Inferred from the number when not given (FHN must be given).")
+@click.option("--assigner", help="Org.nr that issued the H-number (required for hnr).")
 @click.option("--municipality", required=True, help="Kommunenummer (4 digits).")
 @click.option("--organisation", help="Organisation number (9 digits).")
 @click.option("--care-team")
-@click.option("--valid-from", callback=_parse_time, help="Default: now.")
-@click.option("--valid-to", callback=_parse_time)
+@click.option("--consent", "basis", flag_value="consent",
+              help="Legal basis: the patient's consent (samtykke).")
+@click.option("--vedtak", "vedtak", metavar="REFERENCE",
+              help="Legal basis: an administrative decision, by its case reference.")
+@click.option("--vendor")
+@click.option("--model")
+@click.option("--heartbeat-minutes", type=int,
+              help="Expected contact interval; silence beyond it raises 'no contact'.")
+@click.option("--plan", "plans", multiple=True,
+              help="DHO measurement plan, e.g. spo2:92..100@24h (repeatable).")
+@click.option("--valid-from", help="ISO 8601 with offset. Default: now.")
+@click.option("--valid-to", help="ISO 8601 with offset. Default: open-ended.")
 @pass_state
-def devices_enrol(state: State, source: str, device_id: str, patient: str, id_type: str,
-                  municipality: str, organisation: str | None, care_team: str | None,
-                  valid_from: datetime | None, valid_to: datetime | None) -> None:
-    """Enrol DEVICE_ID of SOURCE; held (unmatched) messages of the source are re-run."""
-    system = _PERSON_SYSTEMS[id_type]
-    problem = person_id_problem(system, patient)
-    if problem:
-        raise click.BadParameter(problem, param_hint="--patient")
-    if not (len(municipality) == 4 and municipality.isdigit()):
-        raise click.BadParameter("expected 4 digits", param_hint="--municipality")
-    if organisation and not (len(organisation) == 9 and organisation.isdigit()):
-        raise click.BadParameter("expected 9 digits", param_hint="--organisation")
+def devices_enrol(state: State, source: str, device_id: str, device_type: str, patient: str,
+                  id_type: str | None, assigner: str | None, municipality: str,
+                  organisation: str | None, care_team: str | None, basis: str | None,
+                  vedtak: str | None, vendor: str | None, model: str | None,
+                  heartbeat_minutes: int | None, plans: tuple[str, ...],
+                  valid_from: str | None, valid_to: str | None) -> None:
+    """Enrol DEVICE_ID of SOURCE for a patient. Nothing is routed without a legal basis:
+    give --consent or --vedtak REFERENCE. Held (unmatched) messages are re-run."""
+    if basis and vedtak:
+        raise click.UsageError("give either --consent or --vedtak, not both")
+    record = {
+        "source": source, "device_id": device_id, "device_type": device_type,
+        "patient": patient, "patient_type": id_type, "patient_assigner": assigner,
+        "municipality": municipality, "organisation": organisation, "care_team": care_team,
+        "legal_basis": "vedtak" if vedtak else basis, "legal_basis_ref": vedtak,
+        "vendor": vendor, "model": model, "heartbeat_minutes": heartbeat_minutes,
+        "plans": ";".join(plans), "valid_from": valid_from, "valid_to": valid_to,
+    }
     hub = state.hub()
     try:
-        if source not in hub.config.sources:
-            raise click.BadParameter(f"no source named {source!r} in {hub.config.path}",
-                                     param_hint="SOURCE")
-        hub.repo.enrol_device(
-            Enrolment(source, device_id, PersonId(system, patient), municipality,
-                      organisation, care_team),
-            valid_from or datetime.now(UTC), valid_to)
-        requeued = hub.repo.requeue_unmatched(source)
+        try:
+            request = parse_enrolment(record, device_types=DeviceTypes(hub.mappings).names)
+        except RecordError as exc:
+            raise click.ClickException("; ".join(exc.problems)) from None
+        _enrol_requests(hub, [request])
     finally:
         hub.close()
-    click.echo(f"enrolled {source}/{device_id}; {requeued} held message(s) queued again")
+
+
+@devices.command("import")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--check", is_flag=True, help="Check the file only; enrol nothing.")
+@pass_state
+def devices_import(state: State, csv_file: Path, check: bool) -> None:
+    """Enrol every row of CSV_FILE, or nothing if any row is bad (each bad row is named by
+    its line number). Columns: see docs/registry.md."""
+    try:
+        text = csv_file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{csv_file}: not UTF-8 text (byte {exc.start}); save the "
+                                   "file as CSV UTF-8") from None
+    hub = state.hub()
+    try:
+        report = parse_csv(text, device_types=DeviceTypes(hub.mappings).names)
+        unknown = sorted({r.device.source for r in report.requests} - set(hub.config.sources))
+        report.errors.extend(f"source {s!r} is not configured in {hub.config.path}"
+                             for s in unknown)
+        if report.errors:
+            for line in report.errors:
+                click.echo(f"{csv_file}: {line}", err=True)
+            raise click.ClickException(f"{len(report.errors)} problem(s); nothing was imported")
+        if check:
+            click.echo(f"{csv_file}: {len(report.requests)} row(s) OK; nothing imported (--check)")
+            return
+        _enrol_requests(hub, report.requests)
+    finally:
+        hub.close()
+
+
+@devices.command("end")
+@click.argument("enrolment_id", type=int)
+@click.option("--at", "at_text", help="ISO 8601 with offset. Default: now.")
+@pass_state
+def devices_end(state: State, enrolment_id: int, at_text: str | None) -> None:
+    """End enrolment ENROLMENT_ID: later events of the device are held, not routed."""
+    problems: list[str] = []
+    at = parse_time(at_text, "--at", problems) if at_text else None
+    if problems:
+        raise click.BadParameter(problems[0], param_hint="--at")
+    hub = state.hub()
+    try:
+        result = hub.repo.end_enrolment(enrolment_id, at)
+    finally:
+        hub.close()
+    if result == "not-found":
+        raise click.ClickException(f"no enrolment {enrolment_id}")
+    if result == "already-ended":
+        raise click.ClickException(f"enrolment {enrolment_id} has already ended")
+    click.echo(f"enrolment {enrolment_id} ended")
 
 
 @devices.command("list")
 @click.option("--source")
+@click.option("--history", is_flag=True, help="Every enrolment, past and future, not devices.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
-def devices_list(state: State, source: str | None, as_json: bool) -> None:
-    """List enrolled devices (patient identifiers are not shown)."""
+def devices_list(state: State, source: str | None, history: bool, as_json: bool) -> None:
+    """List devices with their current enrolment, last contact and state (patient
+    identifiers are never shown)."""
     hub = state.hub()
     try:
-        items = hub.repo.list_devices(source)
+        items = hub.repo.list_enrolments(source) if history else hub.repo.list_devices(source)
     finally:
         hub.close()
     if as_json:
         click.echo(_dump(items))
         return
-    click.echo(_table([(d["source"], d["device_id"], d["municipality"], d["organisation"] or "-",
-                        _when(d["valid_from"]), _when(d["valid_to"])) for d in items],
-                      ("source", "device", "municipality", "organisation", "valid from",
-                       "valid to")))
+    if history:
+        click.echo(_table([(e["id"], e["source"], e["device_id"], e["municipality"],
+                            e["legal_basis"] or "NONE", _when(e["valid_from"]),
+                            _when(e["valid_to"])) for e in items],
+                          ("id", "source", "device", "municipality", "legal basis",
+                           "valid from", "valid to")))
+        return
+    click.echo(_table([(d["source"], d["device_id"], d["device_type"] or "-", d["state"],
+                        (d["enrolment"] or {}).get("municipality") or "-",
+                        (d["enrolment"] or {}).get("legal_basis") or "-",
+                        _when(d["last_seen_at"]), "NO CONTACT" if d["no_contact_at"] else "")
+                       for d in items],
+                      ("source", "device", "type", "state", "municipality", "legal basis",
+                       "last seen", "")))
 
 
 def main() -> None:

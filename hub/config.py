@@ -93,6 +93,16 @@ class ProcessingSettings(Strict):
     poll_seconds: float = Field(0.5, gt=0)
 
 
+RESERVED_SOURCE = "tryggbro-monitor"  # hub.monitor journals its findings on this source
+
+
+class MonitorSettings(Strict):
+    enabled: bool = Field(True, description="run the scheduled checks in the serving process")
+    interval_seconds: float = Field(
+        60.0, gt=0, description="how often devices out of contact and missing DHO "
+        "measurements are looked for")
+
+
 class IntakeSettings(Strict):
     max_batch: int = Field(256, ge=1, le=10_000, description="messages per group commit")
 
@@ -158,6 +168,7 @@ class Config(Strict):
     logging: LoggingSettings = LoggingSettings()
     intake: IntakeSettings = IntakeSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    monitor: MonitorSettings = MonitorSettings()
     sources: dict[str, SourceSettings] = {}
     destinations: dict[str, DestinationSettings] = {}
     routes: list[RouteSettings] = []
@@ -191,6 +202,9 @@ class Config(Strict):
         """Check names that only exist once plugins are loaded."""
         problems = []
         for name, src in self.sources.items():
+            if name == RESERVED_SOURCE:
+                problems.append(f"sources.{name}: the name is reserved for the hub's own "
+                                "scheduled checks; choose another")
             if src.adapter not in adapters:
                 problems.append(f"sources.{name}.adapter: no adapter named {src.adapter!r} is "
                                 f"loaded (loaded: {', '.join(sorted(adapters)) or 'none'})")

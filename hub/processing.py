@@ -29,6 +29,7 @@ from hub.faults import crashpoint
 from hub.fhir import transaction_bundle, validate_bundle
 from hub.logging import bound_message, get_logger
 from hub.mappings import MappingStore
+from hub.monitor import MONITOR_SOURCE
 from hub.store.repository import (
     DeviceRecord,
     MessageOutcome,
@@ -75,8 +76,14 @@ class BatchLookups:
             if record is None:
                 return None
             self.devices[key] = record
-        found = self.devices[key]
-        return found.enrolment if found.valid_at(at) else None
+        return self.devices[key].enrolment_at(at)
+
+    def why_unmatched(self, source: str, device_id: str, at: datetime) -> str:
+        record = self.devices.get((source, device_id))
+        state = record.state_at(at) if record is not None else "not enrolled"
+        if state == "enrolled":  # a plugin's enrichment declined it
+            state = "not matched by enrichment"
+        return state
 
 
 class Pipeline:
@@ -129,19 +136,25 @@ class Pipeline:
 
     def _plan_message(self, msg: StoredMessage, events: list[Event],
                       batch: BatchLookups) -> MessageOutcome:
+        # Any message from a device, heartbeat or not, shows it is alive: its last-seen
+        # time moves even if the message is then held or fails. The monitor's findings
+        # about a device are not the device speaking.
+        seen = ([] if msg.source == MONITOR_SOURCE
+                else [(ev.source, ev.device.id, msg.received_at) for ev in events])
+        measured: list[tuple[str, str, str, datetime]] = []
         try:
-            planned = [self._plan(msg, seq, ev, batch) for seq, ev in enumerate(events)]
+            planned = [self._plan(msg, seq, ev, batch, measured) for seq, ev in enumerate(events)]
         except Unmatched as exc:
-            return MessageOutcome(msg.id, MessageState.UNMATCHED, str(exc))
+            return MessageOutcome(msg.id, MessageState.UNMATCHED, str(exc), seen=seen)
         except MessageFailed as exc:
-            return MessageOutcome(msg.id, MessageState.FAILED, str(exc))
+            return MessageOutcome(msg.id, MessageState.FAILED, str(exc), seen=seen)
         if not planned:
             return MessageOutcome(msg.id, MessageState.FILTERED, "the adapter found no events")
         if any(p.state is EventState.ROUTED for p in planned):
-            return MessageOutcome(msg.id, MessageState.PROCESSED, None, planned)
+            return MessageOutcome(msg.id, MessageState.PROCESSED, None, planned, seen, measured)
         rules = sorted({p.filtered_by or "" for p in planned})
         return MessageOutcome(msg.id, MessageState.FILTERED, "filtered by " + ", ".join(rules),
-                              planned)
+                              planned, seen, measured)
 
     def _parse(self, msg: StoredMessage) -> list[Event]:
         adapter = self.adapters.get(msg.source)
@@ -156,8 +169,8 @@ class Pipeline:
                 raise MessageFailed("parse", f"adapter returned {type(ev).__name__}, not Event")
         return list(events)
 
-    def _plan(self, msg: StoredMessage, seq: int, event: Event,
-              batch: BatchLookups) -> PlannedEvent:
+    def _plan(self, msg: StoredMessage, seq: int, event: Event, batch: BatchLookups,
+              measured: list[tuple[str, str, str, datetime]]) -> PlannedEvent:
         enrolment = self._enrich(msg, event, batch)
         decision = self._route(event, enrolment)
         base = PlannedEvent(
@@ -169,10 +182,11 @@ class Pipeline:
         if decision.action is RouteAction.FILTER:
             return replace(base, filtered_by=", ".join(decision.rules))
         if enrolment is None:
+            why = batch.why_unmatched(event.source, event.device.id, event.occurred_at)
             raise Unmatched(
                 f"device {event.device.id!r} of source {event.source!r} has no valid "
-                f"enrolment at {event.occurred_at.isoformat()}; the message is held until "
-                "the device is enrolled"
+                f"enrolment at {event.occurred_at.isoformat()} ({why}); the message is held "
+                "until the device is enrolled with a legal basis"
             )
         priority = decision.priority if decision.priority is not None else event.effective_priority
         if event.snapshot:
@@ -189,6 +203,10 @@ class Pipeline:
             validate_bundle(bundle, self.mappings)
         except ValidationFailure as exc:
             raise MessageFailed("validate", "; ".join(exc.problems[:10])) from exc
+        if event.measurement is not None:
+            m, patient = event.measurement, enrolment.patient
+            for mtype in (m.type, *(c.type for c in m.components)):
+                measured.append((patient.system, patient.value, mtype, m.effective_at))
         okey = order_key(enrolment.patient)
         return replace(
             base, priority=priority, state=EventState.ROUTED, bundle_id=bid,

@@ -22,12 +22,13 @@ from typing import Any
 
 from hub.config import Config, RouteSettings, format_validation_error
 from hub.contracts import Adapter, AdapterSetup, IntakeRequest
-from hub.domain.model import Enrolment, PersonId, RawMessage
-from hub.domain.privacy import FNR_SYSTEM
+from hub.domain.model import RawMessage
 from hub.errors import ConfigError, InputError
 from hub.mappings import MappingStore
+from hub.monitor import DeviceTypes
 from hub.plugins import PluginHost, resolve
 from hub.processing import Pipeline, Processor
+from hub.registry import EnrolmentRequest, RecordError, parse_enrolment
 from hub.runtime import collect_registries
 from hub.store.db import open_database, upgrade
 from hub.store.repository import Repository
@@ -84,15 +85,23 @@ class ReplayReport:
         return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
-@dataclass(frozen=True)
-class FixtureDevice:
-    enrolment: Enrolment
-    valid_from: datetime
-    valid_to: datetime | None
+# Enrolments in fixtures start long before any recorded input unless they say otherwise.
+FIXTURE_VALID_FROM = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _record(fixture_source: str, defaults: Mapping[str, Any],
+            device: Mapping[str, Any]) -> dict[str, str]:
+    """A fixture's [[devices]] table as a registry record (the CSV columns)."""
+    record: dict[str, Any] = {"source": fixture_source, "valid_from": FIXTURE_VALID_FROM,
+                              **defaults, **device}
+    if isinstance(record.get("plans"), list):
+        record["plans"] = ";".join(record["plans"])
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, datetime):
+            value = (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+        out[key] = str(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ class Fixture:
     adapter: str
     content_type: str
     options: Mapping[str, Any]
-    devices: list[FixtureDevice]
+    devices: list[dict[str, str]]  # registry records, checked when a case runs
     routes: list[RouteSettings]
     mappings_dir: Path
 
@@ -116,18 +125,9 @@ def load_fixture(root: Path) -> Fixture:
     for key in ("source", "adapter"):
         if not isinstance(data.get(key), str):
             raise ConfigError(f"{path}: {key}: required, a string")
-    devices = []
-    for i, d in enumerate(data.get("devices", [])):
-        try:
-            devices.append(FixtureDevice(
-                Enrolment(data["source"], str(d["device_id"]),
-                          PersonId(d.get("patient_system", FNR_SYSTEM), str(d["patient"])),
-                          str(d["municipality"]), d.get("organisation"), d.get("care_team")),
-                _aware(d.get("valid_from", datetime(2000, 1, 1, tzinfo=UTC))),
-                _aware(d["valid_to"]) if "valid_to" in d else None,
-            ))
-        except KeyError as exc:
-            raise ConfigError(f"{path}: devices[{i}]: missing {exc.args[0]}") from None
+    defaults: dict[str, Any] = {k: data[k] for k in ("device_type", "legal_basis",
+                                                     "legal_basis_ref") if k in data}
+    devices = [_record(data["source"], defaults, d) for d in data.get("devices", [])]
     from pydantic import ValidationError
 
     routes = []
@@ -193,6 +193,17 @@ def _run_case(fixture: Fixture, case: Path, plugins: PluginHost, config: Config 
     return CaseResult(name, case.name, False, diff=diff)
 
 
+def _enrolments(fixture: Fixture, mappings: MappingStore) -> list[EnrolmentRequest]:
+    types = DeviceTypes(mappings).names
+    requests = []
+    for i, record in enumerate(fixture.devices):
+        try:
+            requests.append(parse_enrolment(record, device_types=types))
+        except RecordError as exc:
+            raise ConfigError(f"{fixture.root / FIXTURE_FILE}: devices[{i}]: {exc}") from None
+    return requests
+
+
 def run_case(fixture: Fixture, case: Path, plugins: PluginHost,
              config: Config | None) -> list[dict[str, Any]]:
     """Run one case in a fresh temporary database; returns what each input produced."""
@@ -221,8 +232,7 @@ def run_case(fixture: Fixture, case: Path, plugins: PluginHost,
         try:
             upgrade(db)
             repo = Repository(db)
-            for device in fixture.devices:
-                repo.enrol_device(device.enrolment, device.valid_from, device.valid_to)
+            repo.enrol(_enrolments(fixture, mappings))
             pipeline = Pipeline(hook=plugins.hook, adapters={fixture.source: adapter},
                                 mappings=mappings, rules=rules, destinations=destinations,
                                 repo=repo, resolve=resolve)

@@ -38,6 +38,7 @@ from hub.fhir import warm_up
 from hub.intake import Intake
 from hub.logging import get_logger
 from hub.mappings import MappingStore
+from hub.monitor import MONITOR_SOURCE, Monitor, MonitorAdapter
 from hub.plugins import PluginHost, resolve
 from hub.processing import Pipeline, Processor
 from hub.stages import (
@@ -117,7 +118,8 @@ class Hub:
         self.mappings = mappings
         self.db = db
         self.repo = Repository(db)
-        self.adapters = adapters
+        # The monitor's findings are journaled on a source of their own (hub.monitor).
+        self.adapters = {**adapters, MONITOR_SOURCE: MonitorAdapter(mappings)}
         self.owner = owner  # this process owns the (SQLite) database and its leases
         self.worker = worker_id(config.hub.instance)
         self.rules = rules_from_config(config)
@@ -265,6 +267,10 @@ class Hub:
             self.intake.start()
             for source in self.sources.values():
                 await source.start()
+            if self.config.monitor.enabled:
+                monitor = Monitor(self.repo, self.intake.submit,
+                                  self.config.monitor.interval_seconds)
+                tasks.append(asyncio.create_task(monitor.run(self._stop), name="monitor"))
         log.info("tryggbro running", worker=self.worker, http=serve_http,
                  stages="child processes" if stage_processes else sorted(stages),
                  destinations=sorted(self.config.destinations), sources=sorted(self.sources),

@@ -13,11 +13,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from hub.api.problems import problem
 from hub.config import env_list
+from hub.domain.privacy import safe_error_text
 from hub.errors import InputError
+from hub.jsonsafe import loads_strict
+from hub.monitor import DeviceTypes
+from hub.registry import EnrolmentRequest, RecordError, parse_csv, parse_enrolment
 from hub.runtime import Hub
+from hub.store.repository import RegistryConflict
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -156,3 +162,94 @@ def plugins(request: Request, _: Viewer) -> list[dict[str, Any]]:
          "builtin": p.builtin, "hooks": list(p.hooks)}
         for p in _hub(request).plugins.plugins()
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# Device registry
+# ---------------------------------------------------------------------------------------
+
+MAX_IMPORT_BYTES = 20 * 1024 * 1024
+
+
+@router.get("/devices", summary="Devices: current enrolment, state and last contact")
+def devices(request: Request, _: Viewer, source: str | None = None) -> list[dict[str, Any]]:
+    return _hub(request).repo.list_devices(source)
+
+
+@router.get("/enrolments", summary="Every enrolment, past and future (no patient ids)")
+def enrolments(request: Request, _: Viewer, source: str | None = None,
+               device_id: str | None = None) -> list[dict[str, Any]]:
+    return _hub(request).repo.list_enrolments(source, device_id)
+
+
+@router.post("/enrolments", status_code=201,
+             summary="Enrol a device for a patient, with its legal basis (registry fields)")
+async def enrol(request: Request, _: Operator) -> Any:
+    body = await request.body()
+    try:
+        record = loads_strict(body)
+    except ValueError as exc:
+        return problem(400, "invalid-json", f"the body is not JSON: {exc}", request.url.path)
+    if not isinstance(record, dict):
+        return problem(422, "invalid-enrolment", "expected a JSON object of registry fields",
+                       request.url.path)
+    hub = _hub(request)
+    try:
+        req = parse_enrolment(record, device_types=DeviceTypes(hub.mappings).names)
+    except RecordError as exc:
+        return problem(422, "invalid-enrolment", str(exc), request.url.path,
+                       problems=[safe_error_text(p) for p in exc.problems])
+    return await _enrol(request, hub, [req])
+
+
+@router.post("/enrolments/import", status_code=201,
+             summary="Bulk enrol from CSV: every row, or nothing if any row is bad")
+async def import_enrolments(request: Request, _: Operator) -> Any:
+    body = await request.body()
+    if len(body) > MAX_IMPORT_BYTES:
+        return problem(413, "too-large", f"the file is larger than {MAX_IMPORT_BYTES} bytes",
+                       request.url.path)
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return problem(422, "not-utf8", f"the file is not UTF-8 (byte {exc.start})",
+                       request.url.path)
+    hub = _hub(request)
+    report = await run_in_threadpool(parse_csv, text,
+                                     device_types=DeviceTypes(hub.mappings).names)
+    unknown = sorted({r.device.source for r in report.requests} - set(hub.config.sources))
+    report.errors.extend(f"source {s!r} is not configured" for s in unknown)
+    if report.errors:
+        return problem(422, "invalid-import",
+                       f"{len(report.errors)} problem(s); nothing was imported",
+                       request.url.path, problems=[safe_error_text(e) for e in report.errors])
+    return await _enrol(request, hub, report.requests)
+
+
+async def _enrol(request: Request, hub: Hub, requests: list[EnrolmentRequest]) -> Any:
+    unknown = sorted({r.device.source for r in requests} - set(hub.config.sources))
+    if unknown:
+        return problem(422, "unknown-source", f"no source named {', '.join(unknown)}",
+                       request.url.path)
+    try:
+        ids = await run_in_threadpool(hub.repo.enrol, requests)
+    except RegistryConflict as exc:
+        return problem(409, "enrolment-overlaps", str(exc), request.url.path,
+                       problems=exc.problems)
+    requeued = 0
+    for source in sorted({r.device.source for r in requests}):
+        requeued += await run_in_threadpool(hub.repo.requeue_unmatched, source)
+    return {"enrolled": ids, "requeued_messages": requeued}
+
+
+@router.post("/enrolments/{enrolment_id}/end", summary="End an enrolment now or at a time")
+def end_enrolment(request: Request, enrolment_id: int, _: Operator,
+                  at: str | None = None) -> Any:
+    when = _time(at, "at")
+    result = _hub(request).repo.end_enrolment(enrolment_id, when)
+    if result == "not-found":
+        return problem(404, "not-found", f"no enrolment {enrolment_id}", request.url.path)
+    if result == "already-ended":
+        return problem(409, "already-ended", f"enrolment {enrolment_id} has already ended",
+                       request.url.path)
+    return {"id": enrolment_id, "status": "ended"}

@@ -35,8 +35,9 @@ IMAGE_SUPERVISION = "1"  # vkp-encounter-mode: bildebasert tilsyn
 def hub_map_event(event: Event, context: MapContext) -> list[dict[str, Any]] | None:
     if event.alarm is not None:
         return alarm_case(event, event.alarm, context)
-    if (event.code is not None and event.dispense is None and event.measurement is None
-            and event.access is None):
+    # A door-lock event with a code (forced or failed opening) is an issue too; staff
+    # visits (access without a code) are hub.builtin.access_mapping's.
+    if event.code is not None and event.dispense is None and event.measurement is None:
         return plain_issue(event, context)
     return None
 

@@ -224,6 +224,11 @@ class DoorAccess:
     outcome: str  # "unlocked", "locked", "forced", "failed"
     staff: Performer | None = None  # who unlocked, when the lock knows
     method: str | None = None  # "app", "key-card", "pin" …
+    # A staff visit the lock system records (unlock … lock): its id and period.
+    visit_id: str | None = None
+    visit_start: datetime | None = None
+    visit_end: datetime | None = None
+    attempts: int | None = None  # failed opening attempts counted by the lock
 
 
 @dataclass(frozen=True, slots=True)

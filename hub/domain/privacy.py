@@ -14,7 +14,12 @@ import re
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"  # fødselsnummer
 DNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.2"  # D-nummer
 FHN_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.3"  # felles hjelpenummer
-PERSON_ID_SYSTEMS = {FNR_SYSTEM: "FNR", DNR_SYSTEM: "DNR", FHN_SYSTEM: "FHN"}
+# A local H-number (hjelpenummer) has no national namespace: it is unique only within the
+# organisation that issued it (no-basis slice HNR: a type code and a required assigner).
+# This marker is internal; FHIR output carries the type code and the assigner instead.
+HNR_SYSTEM = "urn:tryggbro:hnr"
+HNR_TYPE_SYSTEM = "urn:oid:2.16.578.1.12.4.1.1.8327"
+PERSON_ID_SYSTEMS = {FNR_SYSTEM: "FNR", DNR_SYSTEM: "DNR", FHN_SYSTEM: "FHN", HNR_SYSTEM: "HNR"}
 
 _W1 = (3, 7, 6, 1, 8, 9, 4, 5, 2, 1)
 _W2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2, 1)
@@ -40,6 +45,8 @@ def person_id_problem(system: str, value: str) -> str | None:
         return f"{label} is not 11 digits with valid mod-11 check digits"
     if label == "DNR" and int(value[0]) < 4:
         return "DNR must have 4 added to the first digit of the birth day"
+    if label == "HNR" and not 41 <= int(value[2:4]) <= 52:
+        return "H-number must have 40 added to the birth month"
     return None
 
 

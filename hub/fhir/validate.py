@@ -19,7 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from hub.domain.privacy import person_id_problem
+from hub.domain.privacy import HNR_SYSTEM, HNR_TYPE_SYSTEM, person_id_problem
 from hub.errors import ValidationFailure
 from hub.fhir import vkp
 from hub.mappings import MappingStore
@@ -136,9 +136,19 @@ def _person(ref: Any, element: str) -> Iterable[str]:
         return
     if "reference" in ref:
         yield f"{element}: VKP references the patient by identifier only, not by literal reference"
-    problem = person_id_problem(str(ident.get("system")), str(ident.get("value", "")))
+    if "system" not in ident and _is_hnr(ident):
+        if not isinstance(ident.get("assigner"), dict):
+            yield f"{element}.identifier: an H-number needs its assigner (the issuing organisation)"
+        problem = person_id_problem(HNR_SYSTEM, str(ident.get("value", "")))
+    else:
+        problem = person_id_problem(str(ident.get("system")), str(ident.get("value", "")))
     if problem:
         yield f"{element}.identifier: {problem}"
+
+
+def _is_hnr(ident: dict[str, Any]) -> bool:
+    codings = (ident.get("type") or {}).get("coding", [])
+    return any(c.get("system") == HNR_TYPE_SYSTEM and c.get("code") == "HNR" for c in codings)
 
 
 def _uuid_identifier(resource: dict[str, Any]) -> Iterable[str]:
@@ -164,11 +174,15 @@ def _encounter(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
     participants = r.get("participant", [])
     if not participants:
         yield "participant: at least one is required (vkp-Encounter)"
+    # vkp-encounter-mode only has remote modes (image, speech, listening-in): an Encounter
+    # that claims no VKP profile (a physical visit) codes its participants otherwise.
+    profiles = r.get("meta", {}).get("profile", [])
+    vkp_profiled = any(str(p).startswith(vkp.SD) for p in profiles)
     for i, p in enumerate(participants):
         types = p.get("type", [])
         if len(types) != 1:
             yield f"participant[{i}].type: exactly one is required (vkp-encounter-mode)"
-        for t in types:
+        for t in types if vkp_profiled else ():
             yield from _code_in(m, t, vkp.ENCOUNTER_MODE, f"participant[{i}].type")
     if "start" not in r.get("period", {}):
         yield "period.start: required (vkp-Encounter)"

@@ -15,6 +15,7 @@ from typing import Any
 
 from hub.domain.ids import TRYGGBRO_NAMESPACE
 from hub.domain.model import DeviceRef, OrganisationRef, PersonId
+from hub.domain.privacy import HNR_SYSTEM, HNR_TYPE_SYSTEM
 from hub.mappings import MappingStore
 
 SD = "http://ehelse.no/fhir/StructureDefinition/"
@@ -59,6 +60,17 @@ def concept(mappings: MappingStore, codesystem: str, code: str) -> dict[str, Any
 
 
 def person_reference(person: PersonId) -> dict[str, Any]:
+    if person.system == HNR_SYSTEM:
+        # no-basis slice HNR: no national system; the type says what it is and the
+        # assigner says whose number it is.
+        identifier: dict[str, Any] = {
+            "type": {"coding": [{"system": HNR_TYPE_SYSTEM, "code": "HNR"}]},
+            "value": person.value,
+        }
+        if person.assigner:
+            identifier["assigner"] = {"identifier": {"system": ORG_NUMBER_SYSTEM,
+                                                     "value": person.assigner}}
+        return {"identifier": identifier}
     return {"identifier": {"system": person.system, "value": person.value}}
 
 

@@ -36,20 +36,26 @@ from hub.domain.model import (
     DeliveryState,
     Enrolment,
     EventState,
+    LegalBasis,
+    LegalBasisKind,
     MessageState,
     PersonId,
     RawMessage,
     StoredMessage,
 )
-from hub.domain.privacy import safe_error_text
+from hub.domain.privacy import PERSON_ID_SYSTEMS, safe_error_text
+from hub.errors import HubError
+from hub.registry import EnrolmentRequest, format_plans, parse_plans
 from hub.store.db import Database
 from hub.store.tables import (
     Delivery,
     DeliveryAttempt,
     DestinationStatus,
     Device,
+    EnrolmentRecord,
     EventRecord,
     Journal,
+    MeasurementSeen,
 )
 from hub.store.transient import transient
 
@@ -58,6 +64,8 @@ E: Table = EventRecord.__table__  # type: ignore[attr-defined]
 D: Table = Delivery.__table__  # type: ignore[attr-defined]
 A: Table = DeliveryAttempt.__table__  # type: ignore[attr-defined]
 DEV: Table = Device.__table__  # type: ignore[attr-defined]
+EN: Table = EnrolmentRecord.__table__  # type: ignore[attr-defined]
+MS: Table = MeasurementSeen.__table__  # type: ignore[attr-defined]
 DS: Table = DestinationStatus.__table__  # type: ignore[attr-defined]
 
 # Deliveries of messages accepted after a message still being processed wait for it, so
@@ -123,6 +131,10 @@ class MessageOutcome:
     state: MessageState
     reason: str | None = None
     events: Sequence[PlannedEvent] = ()
+    # Observations kept beside the result: devices heard (source, device id, when) and
+    # measurements taken (patient system, patient value, measurement type, when).
+    seen: Sequence[tuple[str, str, datetime]] = ()
+    measured: Sequence[tuple[str, str, str, datetime]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +167,56 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceRecord:
+class EnrolmentPeriod:
+    id: int
     enrolment: Enrolment
+    enrolment_ok: bool  # has a legal basis
     valid_from: datetime
-    valid_to: datetime | None
+    valid_to: datetime | None  # the earlier of the planned end and an operator's end
+    ended_at: datetime | None
 
     def valid_at(self, at: datetime) -> bool:
         return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
+
+    def describe(self) -> dict[str, Any]:
+        """For listings: everything but the patient's identifier."""
+        e = self.enrolment
+        return {
+            "id": self.id, "source": e.source, "device_id": e.device_id,
+            "patient_type": PERSON_ID_SYSTEMS.get(e.patient.system, "?"),
+            "municipality": e.municipality, "organisation": e.organisation,
+            "care_team": e.care_team,
+            "legal_basis": e.legal_basis.kind.value if self.enrolment_ok else None,
+            "legal_basis_ref": e.legal_basis.reference if self.enrolment_ok else None,
+            "plans": format_plans(e.measurement_plans) or None,
+            "valid_from": self.valid_from, "valid_to": self.valid_to,
+            "ended_at": self.ended_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device and its enrolments over time, as processing needs them."""
+
+    source: str
+    device_id: str
+    device_type: str | None
+    periods: list[EnrolmentPeriod]
+
+    def period_at(self, at: datetime) -> EnrolmentPeriod | None:
+        return next((p for p in self.periods if p.valid_at(at)), None)
+
+    def enrolment_at(self, at: datetime) -> Enrolment | None:
+        period = self.period_at(at)
+        return period.enrolment if period is not None and period.enrolment_ok else None
+
+    def state_at(self, at: datetime) -> str:
+        period = self.period_at(at)
+        if period is not None:
+            return "enrolled" if period.enrolment_ok else "no legal basis"
+        if any(p.valid_from > at for p in self.periods):
+            return "enrolment not yet valid"
+        return "enrolment ended" if self.periods else "not enrolled"
 
 
 @dataclass
@@ -394,11 +449,27 @@ class Repository:
         fails only its own message.
         """
         try:
-            return self._save_batch(worker, outcomes)
+            lost = self._save_batch(worker, outcomes)
         except OperationalError:
             raise  # the connection, not a message: retried by @transient
         except Exception:
-            return self._save_each(worker, outcomes)
+            lost = self._save_each(worker, outcomes)
+        self.record_observations([o for o in outcomes if o.message_id not in lost])
+        return lost
+
+    def record_observations(self, outcomes: Sequence[MessageOutcome]) -> None:
+        """Last-seen times and newest measurements. Kept apart from the message results:
+        they are observations that the next message corrects, not part of any message."""
+        seen: dict[tuple[str, str], datetime] = {}
+        measured: dict[tuple[str, str, str], datetime] = {}
+        for o in outcomes:
+            for source, device_id, at in o.seen:
+                seen[(source, device_id)] = max(at, seen.get((source, device_id), at))
+            for system, value, mtype, at in o.measured:
+                key = (system, value, mtype)
+                measured[key] = max(at, measured.get(key, at))
+        self.touch_devices(seen)
+        self.record_measurements(measured)
 
     def _save_batch(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
         now = utcnow()
@@ -858,30 +929,75 @@ class Repository:
             ).all()]
 
     # ---------------------------------------------------------------------------------
-    # Device registry (minimal; the full registry with legal basis comes later)
+    # Device registry: devices, enrolments with legal basis, last seen
     # ---------------------------------------------------------------------------------
 
-    def enrol_device(self, enrolment: Enrolment, valid_from: datetime,
-                     valid_to: datetime | None = None) -> None:
+    def enrol(self, requests: Sequence[EnrolmentRequest]) -> list[int]:
+        """Enrol devices, all or nothing. A device is created or its description updated.
+
+        Raises `RegistryConflict` listing every request whose period overlaps an
+        enrolment the device already has (end that one first).
+        """
         now = utcnow()
-        values = {
-            "patient_system": enrolment.patient.system,
-            "patient_value": enrolment.patient.value,
-            "municipality": enrolment.municipality,
-            "organisation": enrolment.organisation,
-            "care_team": enrolment.care_team,
-            "valid_from": to_db(valid_from),
-            "valid_to": to_db(valid_to) if valid_to else None,
-        }
-        stmt = self._insert(DEV).values(source=enrolment.source, device_id=enrolment.device_id,
-                                        created_at=now, **values)
+        ids: list[int] = []
         with self.db.engine.begin() as conn:
-            conn.execute(stmt.on_conflict_do_update(index_elements=["source", "device_id"],
-                                                    set_=values))
+            conflicts = []
+            for r in requests:
+                for row in conn.execute(select(EN).where(
+                        EN.c.source == r.device.source, EN.c.device_id == r.device.device_id)):
+                    start = from_db(row.valid_from)
+                    stop = _effective_end(row)
+                    assert start is not None
+                    if _overlap(start, stop, r.valid_from, r.valid_to):
+                        conflicts.append(
+                            f"device {r.device.source}/{r.device.device_id} is already enrolled "
+                            f"(enrolment {row.id}, from {start.isoformat()}"
+                            f"{' to ' + stop.isoformat() if stop else ', open-ended'}); "
+                            "end it first")
+            if conflicts:
+                raise RegistryConflict(conflicts)
+            for r in requests:
+                dev = r.device
+                values = {"device_type": dev.device_type, "vendor": dev.vendor,
+                          "model": dev.model, "updated_at": now,
+                          "heartbeat_seconds": int(dev.heartbeat.total_seconds())
+                          if dev.heartbeat else None}
+                conn.execute(self._insert(DEV).values(
+                    source=dev.source, device_id=dev.device_id, created_at=now, **values,
+                ).on_conflict_do_update(index_elements=["source", "device_id"], set_=values))
+                e = r.enrolment
+                res = conn.execute(insert(EN).values(
+                    source=dev.source, device_id=dev.device_id,
+                    patient_system=e.patient.system, patient_value=e.patient.value,
+                    patient_assigner=e.patient.assigner, municipality=e.municipality,
+                    organisation=e.organisation, care_team=e.care_team,
+                    legal_basis=e.legal_basis.kind.value, legal_basis_ref=e.legal_basis.reference,
+                    plans=format_plans(e.measurement_plans), valid_from=to_db(r.valid_from),
+                    valid_to=to_db(r.valid_to) if r.valid_to else None, created_at=now,
+                ).returning(EN.c.id))
+                ids.append(int(res.scalar_one()))
+        return ids
+
+    def end_enrolment(self, enrolment_id: int, at: datetime | None = None) -> str:
+        """End an enrolment at `at` (default now): later events of the device are held."""
+        when = to_db(at or utcnow())
+        with self.db.engine.begin() as conn:
+            row = conn.execute(select(EN).where(EN.c.id == enrolment_id)).first()
+            if row is None:
+                return "not-found"
+            end = _effective_end(row)
+            if end is not None and end <= when:
+                return "already-ended"
+            start = from_db(row.valid_from)
+            assert start is not None
+            if when < start:
+                when = start  # ended before it began: it never applies
+            conn.execute(update(EN).where(EN.c.id == enrolment_id).values(ended_at=when))
+        return "ended"
 
     @transient
     def devices_for(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DeviceRecord]:
-        """Enrolments of many (source, device id) pairs in one query per source."""
+        """Devices and their enrolments for many (source, device id) pairs, few queries."""
         by_source: dict[str, set[str]] = {}
         for source, device_id in keys:
             by_source.setdefault(source, set()).add(device_id)
@@ -892,29 +1008,187 @@ class Repository:
                     for row in conn.execute(select(DEV).where(DEV.c.source == source,
                                                               DEV.c.device_id.in_(chunk))):
                         found[(row.source, row.device_id)] = DeviceRecord(
-                            Enrolment(source=row.source, device_id=row.device_id,
-                                      patient=PersonId(row.patient_system, row.patient_value),
-                                      municipality=row.municipality,
-                                      organisation=row.organisation, care_team=row.care_team),
-                            from_db(row.valid_from) or row.valid_from, from_db(row.valid_to))
+                            row.source, row.device_id, row.device_type, [])
+                    for row in conn.execute(select(EN).where(
+                            EN.c.source == source, EN.c.device_id.in_(chunk))
+                            .order_by(EN.c.valid_from)):
+                        record = found.setdefault((row.source, row.device_id), DeviceRecord(
+                            row.source, row.device_id, None, []))
+                        record.periods.append(_period(row))
         return found
 
     def lookup_device(self, source: str, device_id: str, at: datetime) -> Enrolment | None:
         record = self.devices_for([(source, device_id)]).get((source, device_id))
-        return record.enrolment if record is not None and record.valid_at(at) else None
+        return record.enrolment_at(at) if record is not None else None
 
     def list_devices(self, source: str | None = None) -> list[dict[str, Any]]:
+        """Devices with their current enrolment (patient identifiers are not listed)."""
+        now = utcnow()
         with self.db.read_engine.connect() as conn:
             stmt = select(DEV).order_by(DEV.c.source, DEV.c.device_id)
             if source:
                 stmt = stmt.where(DEV.c.source == source)
-            return [
-                {"source": r.source, "device_id": r.device_id,
-                 "patient_system": r.patient_system, "municipality": r.municipality,
-                 "organisation": r.organisation, "care_team": r.care_team,
-                 "valid_from": from_db(r.valid_from), "valid_to": from_db(r.valid_to)}
-                for r in conn.execute(stmt).all()
-            ]
+            devices = conn.execute(stmt).all()
+            records = self.devices_for((d.source, d.device_id) for d in devices)
+        items = []
+        for d in devices:
+            record = records.get((d.source, d.device_id))
+            current = record.period_at(now) if record else None
+            items.append({
+                "source": d.source, "device_id": d.device_id, "device_type": d.device_type,
+                "vendor": d.vendor, "model": d.model,
+                "heartbeat_minutes": d.heartbeat_seconds // 60 if d.heartbeat_seconds else None,
+                "last_seen_at": from_db(d.last_seen_at), "no_contact_at": from_db(d.no_contact_at),
+                "enrolment": current.describe() if current else None,
+                "state": record.state_at(now) if record else "not enrolled",
+            })
+        return items
+
+    def list_enrolments(self, source: str | None = None,
+                        device_id: str | None = None) -> list[dict[str, Any]]:
+        with self.db.read_engine.connect() as conn:
+            stmt = select(EN).order_by(EN.c.source, EN.c.device_id, EN.c.valid_from)
+            if source:
+                stmt = stmt.where(EN.c.source == source)
+            if device_id:
+                stmt = stmt.where(EN.c.device_id == device_id)
+            return [_period(row).describe() for row in conn.execute(stmt).all()]
+
+    def touch_devices(self, seen: Mapping[tuple[str, str], datetime]) -> None:
+        """Record that devices were heard (any message, heartbeats included) at these
+        times; a device heard again after a "no contact" alert is in contact again."""
+        if not seen:
+            return
+        with self.db.engine.begin() as conn:
+            for (source, device_id), at in sorted(seen.items()):
+                when = to_db(at)
+                conn.execute(update(DEV).where(
+                    DEV.c.source == source, DEV.c.device_id == device_id,
+                    or_(DEV.c.last_seen_at.is_(None), DEV.c.last_seen_at < when),
+                ).values(last_seen_at=when, no_contact_at=None))
+
+    def silent_devices(self, now: datetime) -> list[SilentDevice]:
+        """Enrolled devices with an expected contact interval, silent past it, and not yet
+        alerted. A device never heard is counted from the start of its enrolment."""
+        with self.db.read_engine.connect() as conn:
+            rows = conn.execute(select(DEV).where(DEV.c.heartbeat_seconds.is_not(None),
+                                                  DEV.c.no_contact_at.is_(None))).all()
+            records = self.devices_for((r.source, r.device_id) for r in rows)
+        silent = []
+        for r in rows:
+            record = records.get((r.source, r.device_id))
+            period = record.period_at(now) if record else None
+            if period is None or not period.enrolment_ok:
+                continue
+            since = max(filter(None, [from_db(r.last_seen_at), period.valid_from]))
+            if now - since > timedelta(seconds=r.heartbeat_seconds):
+                silent.append(SilentDevice(r.source, r.device_id, r.device_type, since,
+                                           from_db(r.last_seen_at), r.heartbeat_seconds))
+        return silent
+
+    def mark_no_contact(self, source: str, device_id: str, at: datetime) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(update(DEV).where(DEV.c.source == source,
+                                           DEV.c.device_id == device_id)
+                         .values(no_contact_at=to_db(at)))
+
+    def record_measurements(self, seen: Mapping[tuple[str, str, str], datetime]) -> None:
+        """The newest measurement time per (patient system, patient value, type)."""
+        if not seen:
+            return
+        with self.db.engine.begin() as conn:
+            for (system, value, mtype), at in sorted(seen.items()):
+                when = to_db(at)
+                conn.execute(self._insert(MS).values(
+                    patient_system=system, patient_value=value, type=mtype, last_at=when,
+                ).on_conflict_do_update(
+                    index_elements=["patient_system", "patient_value", "type"],
+                    set_={"last_at": when, "missing_alerted_at": None},
+                    where=MS.c.last_at < when))
+
+    def missing_measurements(self, now: datetime) -> list[MissingMeasurement]:
+        """Measurement plans with a period whose newest measurement (or the enrolment's
+        start, if none) is older than the period, not yet alerted."""
+        with self.db.read_engine.connect() as conn:
+            rows = conn.execute(select(EN).where(EN.c.plans != "",
+                                                 EN.c.legal_basis.is_not(None))).all()
+            periods = [p for p in (_period(r) for r in rows) if p.valid_at(now)]
+            seen = {(r.patient_system, r.patient_value, r.type): r
+                    for r in conn.execute(select(MS)).all()}
+        missing = []
+        for period in periods:
+            patient = period.enrolment.patient
+            for plan in period.enrolment.measurement_plans:
+                if plan.every is None:
+                    continue
+                row = seen.get((patient.system, patient.value, plan.type))
+                if row is not None and row.missing_alerted_at is not None:
+                    continue
+                since = max(filter(None, [from_db(row.last_at) if row else None,
+                                          period.valid_from]))
+                if now - since > plan.every:
+                    missing.append(MissingMeasurement(period.enrolment, plan.type, since,
+                                                      plan.every))
+        return missing
+
+    def mark_measurement_alerted(self, patient: PersonId, mtype: str, since: datetime,
+                                 at: datetime) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(self._insert(MS).values(
+                patient_system=patient.system, patient_value=patient.value, type=mtype,
+                last_at=to_db(since), missing_alerted_at=to_db(at),
+            ).on_conflict_do_update(index_elements=["patient_system", "patient_value", "type"],
+                                    set_={"missing_alerted_at": to_db(at)}))
+
+
+class RegistryConflict(HubError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class SilentDevice:
+    source: str
+    device_id: str
+    device_type: str | None
+    since: datetime
+    last_seen_at: datetime | None
+    heartbeat_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class MissingMeasurement:
+    enrolment: Enrolment
+    type: str
+    since: datetime
+    every: timedelta
+
+
+def _effective_end(row: Any) -> datetime | None:
+    ends = [t for t in (from_db(row.valid_to), from_db(row.ended_at)) if t is not None]
+    return min(ends) if ends else None
+
+
+def _overlap(a_start: datetime, a_end: datetime | None, b_start: datetime,
+             b_end: datetime | None) -> bool:
+    return (a_end is None or b_start < a_end) and (b_end is None or a_start < b_end)
+
+
+def _period(row: Any) -> EnrolmentPeriod:
+    problems: list[str] = []
+    plans = parse_plans(row.plans or "", problems)
+    basis = (LegalBasis(LegalBasisKind(row.legal_basis), row.legal_basis_ref)
+             if row.legal_basis else None)
+    enrolment = Enrolment(
+        row.source, row.device_id,
+        PersonId(row.patient_system, row.patient_value, row.patient_assigner),
+        row.municipality, row.organisation, row.care_team,
+        basis or LegalBasis(LegalBasisKind.CONSENT), plans)
+    start = from_db(row.valid_from)
+    assert start is not None
+    return EnrolmentPeriod(row.id, enrolment, basis is not None, start, _effective_end(row),
+                           from_db(row.ended_at))
 
 
 def _journal_row(raw: RawMessage, digest: str, now: datetime) -> dict[str, Any]:

@@ -130,20 +130,66 @@ class DeliveryAttempt(SQLModel, table=True):
 
 
 class Device(SQLModel, table=True):
-    """Minimal device registry: which patient and municipality a vendor device serves."""
+    """A vendor device the municipality knows: what it is and when it was last heard.
+
+    `last_seen_at` moves on every message from the device (heartbeats and tests too);
+    `no_contact_at` is set when silence past `heartbeat_seconds` raised a "no contact"
+    event, and cleared when the device is heard again.
+    """
 
     __tablename__ = "device"
 
     source: str = Field(primary_key=True, max_length=64)
     device_id: str = Field(primary_key=True, max_length=128)
+    device_type: str | None = Field(default=None, max_length=32)  # None: from before 0003
+    vendor: str | None = Field(default=None, max_length=128)
+    model: str | None = Field(default=None, max_length=128)
+    heartbeat_seconds: int | None = None
+    last_seen_at: datetime | None = None
+    no_contact_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+
+
+class EnrolmentRecord(SQLModel, table=True):
+    """Device ↔ patient for a period, with the legal basis that allows it.
+
+    A device has at most one enrolment valid at any instant. `legal_basis` is NULL only
+    for enrolments made before the registry recorded it: those route nothing until an
+    operator enrols the device again with a basis.
+    """
+
+    __tablename__ = "enrolment"
+    __table_args__ = (Index("ix_enrolment_device", "source", "device_id", "valid_from"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=64)
+    device_id: str = Field(max_length=128)
     patient_system: str = Field(max_length=64)
     patient_value: str = Field(max_length=32)
+    patient_assigner: str | None = Field(default=None, max_length=9)
     municipality: str = Field(max_length=4)
     organisation: str | None = Field(default=None, max_length=9)
     care_team: str | None = Field(default=None, max_length=128)
+    legal_basis: str | None = Field(default=None, max_length=16)
+    legal_basis_ref: str | None = Field(default=None, max_length=128)
+    plans: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     valid_from: datetime
     valid_to: datetime | None = None
+    ended_at: datetime | None = None  # set when an operator ended it early
     created_at: datetime
+
+
+class MeasurementSeen(SQLModel, table=True):
+    """The newest measurement of each type per patient, for the missing-measurement check."""
+
+    __tablename__ = "measurement_seen"
+
+    patient_system: str = Field(primary_key=True, max_length=64)
+    patient_value: str = Field(primary_key=True, max_length=32)
+    type: str = Field(primary_key=True, max_length=32)
+    last_at: datetime
+    missing_alerted_at: datetime | None = None
 
 
 class DestinationStatus(SQLModel, table=True):

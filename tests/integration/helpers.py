@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from hub.config import Config, config_from_dict
-from hub.domain.model import Enrolment, PersonId
-from hub.domain.privacy import FNR_SYSTEM
+from hub.mappings import MappingStore
+from hub.monitor import DeviceTypes
+from hub.registry import EnrolmentRequest, parse_enrolment
 from hub.runtime import Hub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,10 +88,21 @@ def build_hub(tmp_path: Path, db_url: str, destinations: dict[str, dict[str, Any
     return Hub.build(make_config(tmp_path, config_dict(db_url, destinations, **kwargs)))
 
 
+DEVICE_TYPES = DeviceTypes(MappingStore.load(Path(__file__).parents[2] / "mappings")).names
+
+
+def enrolment_request(device: str, patient: str = PATIENTS[0], source: str = "alarmplatform",
+                      municipality: str = "0301", **fields: Any) -> EnrolmentRequest:
+    """A consented enrolment from 2020 on, through the registry's own parser."""
+    record = {"source": source, "device_id": device, "device_type": "safety_alarm",
+              "patient": patient, "municipality": municipality, "legal_basis": "consent",
+              "valid_from": "2020-01-01T00:00:00+00:00", **fields}
+    return parse_enrolment(record, device_types=DEVICE_TYPES)
+
+
 def enrol(hub: Hub, device: str, patient: str = PATIENTS[0], source: str = "alarmplatform",
-          municipality: str = "0301") -> None:
-    hub.repo.enrol_device(Enrolment(source, device, PersonId(FNR_SYSTEM, patient),
-                                    municipality), datetime(2020, 1, 1, tzinfo=UTC))
+          municipality: str = "0301", **fields: Any) -> None:
+    hub.repo.enrol([enrolment_request(device, patient, source, municipality, **fields)])
 
 
 BASE_TIME = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)

@@ -131,11 +131,14 @@ def test_status_messages_show_retry_reprocess(plugins, tmp_path, monkeypatch):
     assert code == 1
     assert "is processed" in out
     code, out = run(plugins, "--config", str(config), "devices", "enrol", "alarmplatform",
-                    "TA-NONE", "--patient", "01819012013", "--municipality", "0301")
-    assert code == 2
-    assert "check digits" in out
+                    "TA-NONE", "--type", "safety_alarm", "--patient", "01819012013",
+                    "--municipality", "0301")
+    assert code == 1
+    assert "patient: FNR is not 11 digits with valid mod-11 check digits" in out
+    assert "legal_basis: required" in out
     code, out = run(plugins, "--config", str(config), "devices", "enrol", "alarmplatform",
-                    "TA-NONE", "--patient", PATIENTS[1], "--municipality", "0301",
+                    "TA-NONE", "--type", "safety_alarm", "--patient", PATIENTS[1],
+                    "--municipality", "0301", "--vedtak", "2026/77",
                     "--valid-from", "2020-01-01")
     assert code == 0
     assert "1 held message(s) queued again" in out
@@ -174,7 +177,8 @@ def test_operator_commands_need_no_source_secrets(plugins, tmp_path, monkeypatch
     config = toml_config(tmp_path, 0, "http://127.0.0.1:9/fhir/R4")
     monkeypatch.delenv("TEST_ALARMPLATFORM_KEY", raising=False)
     code, out = run(plugins, "--config", str(config), "devices", "enrol", "alarmplatform",
-                    "TA-1", "--patient", PATIENTS[0], "--municipality", "0301")
+                    "TA-1", "--type", "safety_alarm", "--patient", PATIENTS[0],
+                    "--municipality", "0301", "--consent")
     assert code == 0, out
     code, out = run(plugins, "--config", str(config), "status", "--json")
     assert code == 0, out

@@ -10,15 +10,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 
-from hub.domain.model import Enrolment, PersonId
-from hub.domain.privacy import FNR_SYSTEM
 from hub.store.db import open_database, upgrade
 from hub.store.repository import Repository
-from tests.integration.helpers import PATIENTS, alarm_event
+from tests.integration.helpers import PATIENTS, alarm_event, enrolment_request
 from tests.integration.serve import cli, new_port, toml_config
 
 pytestmark = [pytest.mark.peer, pytest.mark.slow]
@@ -95,10 +92,8 @@ def test_kill_minus_nine_loses_and_duplicates_nothing(tmp_path, medplum, serve_p
     db = open_database(f"sqlite:///{tmp_path}/hub.db")
     upgrade(db)
     devices = [f"TA-CR-{i}" for i in range(len(PATIENTS))]
-    for device, patient in zip(devices, PATIENTS, strict=True):
-        Repository(db).enrol_device(Enrolment("alarmplatform", device,
-                                              PersonId(FNR_SYSTEM, patient), "0301"),
-                                    datetime(2020, 1, 1, tzinfo=UTC))
+    Repository(db).enrol([enrolment_request(device, patient)
+                          for device, patient in zip(devices, PATIENTS, strict=True)])
     db.dispose()
     run = uuid.uuid4().hex[:8]
 

@@ -82,3 +82,18 @@ def test_structure_errors_come_from_the_r4_models(bundle):
 def test_non_idempotent_request_is_refused(bundle):
     bundle["entry"][0]["request"] = {"method": "POST", "url": "DetectedIssue"}
     assert any("request must be PUT DetectedIssue/" in p for p in problems(bundle))
+
+
+def test_encounter_mode_is_required_of_vkp_profiled_encounters_only(bundle):
+    """A physical visit (hub.builtin.access_mapping) claims no VKP profile and codes its
+    participant with v3 ParticipationType; a vkp-Encounter may not."""
+    enc = resource(bundle, "Encounter")
+    enc["participant"][0]["type"] = [{"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+        "code": "PPRF", "display": "primary performer"}]}]
+    assert any("participant[0].type: needs a coding from vkp-encounter-mode" in p
+               for p in problems(bundle))
+    del enc["meta"]
+    validate_bundle(bundle, MAPPINGS)
+    enc["participant"][0]["type"] = []  # still exactly one type, profile or not
+    assert any("participant[0].type: exactly one is required" in p for p in problems(bundle))

@@ -1,0 +1,1 @@
+"""Tryggbro adapter for a GPS alarm platform's JSON webhook (lokaliseringsteknologi)."""
