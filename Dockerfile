@@ -21,7 +21,7 @@ WORKDIR /opt/tryggbro
 COPY pyproject.toml README.md ./
 COPY hub ./hub
 COPY plugins ./plugins
-RUN pip install ".[postgres]" ./plugins/tryggbro-alarmplatform
+RUN pip install ".[postgres]" $(for p in plugins/*/pyproject.toml; do printf "./%s " "${p%/pyproject.toml}"; done)
 
 # Code tables and the example configuration, adjusted for the container's paths.
 COPY mappings /opt/tryggbro/mappings

@@ -213,3 +213,53 @@ _RULES: dict[str, Callable[[dict[str, Any], MappingStore], Iterable[str]]] = {
     "Encounter": _encounter,
     "Composition": _composition,
 }
+
+
+# --- vkp-MedicationDispense-v090 (medication dispenser, issue 3) -----------------------
+# Kept in one block so it merges on its own. Profile: VKP-R4 StructureDefinition
+# vkp-MedicationDispense-v090 (domain.md §1.3).
+
+_DISPENSE_STATUS = {"in-progress", "completed"}  # vkp-medicationdispense-message-status
+_DISPENSE_FORBIDDEN = ("partOf", "context", "supportingInformation", "authorizingPrescription",
+                       "type", "quantity", "daysSupply", "whenPrepared", "destination",
+                       "receiver", "note", "substitution", "detectedIssue")
+
+
+def _medication_dispense(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
+    yield from _uuid_identifier(r)
+    if r.get("status") not in _DISPENSE_STATUS:
+        yield (f"status {r.get('status')!r} is not one of {sorted(_DISPENSE_STATUS)} "
+               "(vkp-MedicationDispense)")
+    category = r.get("category")
+    if not isinstance(category, dict):
+        yield "category: required, one coding from vkp-medicationdispense-events"
+    else:
+        yield from _code_in(m, category, vkp.MEDICATION_DISPENSE_EVENTS, "category")
+    yield from _person(r.get("subject"), "subject")
+    performers = r.get("performer", [])
+    if not performers:
+        yield "performer: at least one is required (the dispenser device, by identifier)"
+    for i, p in enumerate(performers):
+        actor = p.get("actor") if isinstance(p, dict) else None
+        if not isinstance(actor, dict):
+            yield f"performer[{i}].actor: required"
+            continue
+        if "reference" in actor:
+            yield (f"performer[{i}].actor.reference: not allowed in vkp-MedicationDispense "
+                   "(0..0); name the device or person by actor.identifier (system + value)")
+        ident = actor.get("identifier")
+        if not isinstance(ident, dict) or not ident.get("system") or not ident.get("value"):
+            yield (f"performer[{i}].actor.identifier: required with system and value "
+                   "(the dispenser's serial number or the person's HPR number)")
+    if "whenHandedOver" not in r:
+        yield "whenHandedOver: required (when the dose was handed over)"
+    medication = r.get("medicationCodeableConcept")
+    if not isinstance(medication, dict) or medication.get("text") != vkp.UNKNOWN_MEDICATION:
+        yield (f"medicationCodeableConcept.text: fixed to {vkp.UNKNOWN_MEDICATION!r} in "
+               "vkp-MedicationDispense; put the dispenser's free text in dosageInstruction.text")
+    for element in _DISPENSE_FORBIDDEN:
+        if element in r:
+            yield f"{element}: not allowed in vkp-MedicationDispense (0..0)"
+
+
+_RULES["MedicationDispense"] = _medication_dispense

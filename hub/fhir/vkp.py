@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.domain.ids import TRYGGBRO_NAMESPACE
-from hub.domain.model import DeviceRef, OrganisationRef, PersonId
+from hub.domain.model import DeviceRef, OrganisationRef, Performer, PersonId
 from hub.domain.privacy import HNR_SYSTEM, HNR_TYPE_SYSTEM
 from hub.mappings import MappingStore
 
@@ -24,6 +24,12 @@ PROFILE_ENCOUNTER = SD + "vkp-Encounter-v090"
 PROFILE_DIGITAL_ENCOUNTER = SD + "vkp-digital-Encounter-v090"
 PROFILE_COMPOSITION = SD + "vkp-Composition-v090"
 EXT_ENCOUNTER_DEVICE = SD + "vkp-encounterDevice-v090"
+PROFILE_MEDICATION_DISPENSE = SD + "vkp-MedicationDispense-v090"
+# The extension's fixed url (VKP-R4 vkp-medicationDispenseDevice-v090, Extension.url).
+EXT_MEDICATION_DISPENSE_DEVICE = SD + "vkp-medicationDispenseDevice-v090"
+# vkp-MedicationDispense fixes medicationCodeableConcept.text to this value: the
+# dispenser does not know the medicine; the free text goes in dosageInstruction.text.
+UNKNOWN_MEDICATION = "Ukjent medisin"
 
 UUID_SYSTEM = "urn:ietf:rfc:3986"
 ORG_NUMBER_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"  # Enhetsregisteret
@@ -40,6 +46,7 @@ COMPOSITION_CATEGORY = "vkp-composition-category"
 COMPOSITION_SECTION = "vkp-composition-section"
 ENCOUNTER_MODE = "vkp-encounter-mode"
 ENCOUNTER_REASON = "vkp-encounter-reason"
+MEDICATION_DISPENSE_EVENTS = "vkp-medicationdispense-events"
 
 
 def instant(value: datetime) -> str:
@@ -114,6 +121,37 @@ def encounter_device_extension(source: str, device: DeviceRef) -> dict[str, Any]
     if device.location:
         parts.append({"url": "location", "valueString": device.location})
     return {"url": EXT_ENCOUNTER_DEVICE, "extension": parts}
+
+
+def performer_identifier(performer: Performer) -> dict[str, Any]:
+    """A logical reference by identifier: vkp-MedicationDispense forbids
+    `performer.actor.reference`."""
+    ref: dict[str, Any] = {"identifier": {"system": performer.system, "value": performer.value}}
+    if performer.display:
+        ref["display"] = performer.display
+    return ref
+
+
+def device_performer(source: str, device: DeviceRef) -> Performer:
+    """The device as a performer, in the same identifier system as `device_reference`."""
+    return Performer(DEVICE_ID_SYSTEM_PREFIX + source, device.id, device.model)
+
+
+def medication_dispense_device_extension(
+    device: DeviceRef, generic_type: str
+) -> dict[str, Any]:
+    """vkp-medicationDispenseDevice-v090: `identifier` and `displayName` and `type` 1..1
+    (strings), `typeName` and `location` optional."""
+    parts: list[dict[str, Any]] = [
+        {"url": "identifier", "valueString": device.id},
+        {"url": "displayName", "valueString": device.model or device.id},
+        {"url": "type", "valueString": device.type or generic_type},
+    ]
+    if device.model:
+        parts.append({"url": "typeName", "valueString": device.model})
+    if device.location:
+        parts.append({"url": "location", "valueString": device.location})
+    return {"url": EXT_MEDICATION_DISPENSE_DEVICE, "extension": parts}
 
 
 def narrative(lines: Sequence[str]) -> dict[str, str]:

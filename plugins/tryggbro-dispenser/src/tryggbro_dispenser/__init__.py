@@ -1,0 +1,1 @@
+"""Tryggbro adapter for a medication-dispenser platform's JSON webhook."""
