@@ -4,6 +4,9 @@
   is one DetectedIssue, one Encounter and one Composition for its whole life: their ids
   derive from the alarm, so "raised", "handled" and "acknowledged" update the same
   resources and the EHR ends with the final picture (domain.md §1.3, §3 "Emit").
+- A planned supervision with nothing to report (`event.alarm` with a planned reason and
+  no `event.code`) is the IG's "report physical or digital supervision": an Encounter and
+  the optional Composition, no DetectedIssue (domain.md §1.3).
 - A plain issue (`event.code` and no details: a dispenser fault, a missed measurement,
   a device out of contact) is one DetectedIssue.
 - A position (`event.position`) travels as a Location resource that the DetectedIssue
@@ -16,7 +19,7 @@ from typing import Any
 
 from hub import hookimpl
 from hub.contracts import MapContext
-from hub.domain.model import AlarmDetails, AlarmStatus, Event, Position
+from hub.domain.model import AlarmDetails, AlarmStatus, EncounterReason, Event, Position
 from hub.errors import MappingError
 from hub.fhir import vkp
 
@@ -40,9 +43,14 @@ def hub_map_event(event: Event, context: MapContext) -> list[dict[str, Any]] | N
 
 
 def alarm_case(event: Event, alarm: AlarmDetails, ctx: MapContext) -> list[dict[str, Any]]:
-    if event.code is None:
+    resources = []
+    if event.code is not None:
+        resources.append(detected_issue(event, ctx, alarm))
+    elif alarm.reason is not EncounterReason.PLANNED:
+        # Only a planned supervision may report nothing found; an event-based alarm
+        # without a code is an adapter bug, not an Encounter.
         raise MappingError(f"{event.kind} event for an alarm has no vkp-alert-code")
-    resources = [detected_issue(event, ctx, alarm), encounter(event, alarm, ctx)]
+    resources.append(encounter(event, alarm, ctx))
     if alarm.timeline:
         resources.append(composition(event, alarm, ctx))
     if event.position is not None:
@@ -133,12 +141,13 @@ def encounter(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[str, A
         "identifier": [vkp.uuid_identifier(rid)],
         "status": "finished" if alarm.status is AlarmStatus.CLOSED else "in-progress",
         "class": {"system": vkp.V3_ACT_CODE, "code": act[0], "display": act[1]},
-        "type": [vkp.concept(ctx.mappings, vkp.ALERT_CODE, event.code or "3")],
         "subject": vkp.person_reference(ctx.enrolment.patient),
         "participant": participants,
         "period": period,
         "reasonCode": [vkp.concept(ctx.mappings, vkp.ENCOUNTER_REASON, str(alarm.reason))],
     }
+    if event.code is not None:
+        resource["type"] = [vkp.concept(ctx.mappings, vkp.ALERT_CODE, event.code)]
     places: list[dict[str, Any]] = []
     if event.device.location:
         places.append({"location": {"display": event.device.location}})
@@ -175,7 +184,7 @@ def composition(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[str,
         "encounter": {"reference": f"Encounter/{ctx.resource_id(event, 'Encounter')}"},
         "date": vkp.instant(timeline[-1].at),
         "author": [author],
-        "title": "Trygghetsalarm – hendelsesforløp",
+        "title": f"{_area_title(event, alarm, ctx)} – hendelsesforløp",
         "event": [
             {"code": [vkp.concept(ctx.mappings, vkp.COMPOSITION_EVENT, step.code)],
              "period": {"start": vkp.instant(step.at)}}
@@ -187,3 +196,12 @@ def composition(event: Event, alarm: AlarmDetails, ctx: MapContext) -> dict[str,
              "text": vkp.narrative(lines)},
         ],
     }
+
+
+def _area_title(event: Event, alarm: AlarmDetails, ctx: MapContext) -> str:
+    """The welfare-technology area for a Composition title: the display of the alert
+    code's top level (`3` Trygghetsalarm, `4` Digitalt tilsyn, `7` Sykesignalanlegg)."""
+    area = event.code.split(".")[0] if event.code else ("4" if alarm.digital else None)
+    if area is None:
+        return "Tilsyn"
+    return ctx.mappings.codesystem(vkp.ALERT_CODE).display(area)

@@ -1,0 +1,1 @@
+"""Tryggbro adapter for a nurse-call system's (sykesignalanlegg) JSON webhook."""

@@ -1,0 +1,1 @@
+"""Tryggbro adapter for a digital-supervision (digitalt tilsyn) sensor platform's webhook."""
