@@ -32,7 +32,7 @@ BUNDLES = golden_bundles()
 
 
 def test_the_fixtures_cover_every_category():
-    categories = set()
+    categories: set[str] = set()
     for expected in FIXTURES.glob("*/cases/*/expected.json"):
         for step in json.loads(expected.read_text(encoding="utf-8")):
             categories.update(e["category"] for e in step.get("events", []))
