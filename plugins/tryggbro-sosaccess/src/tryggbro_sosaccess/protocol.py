@@ -149,7 +149,7 @@ class DocumentReader:
         p.XmlDeclHandler = self._xml_decl
         p.StartDoctypeDeclHandler = self._refuse_dtd
         p.EntityDeclHandler = self._refuse_dtd
-        p.ExternalEntityRefHandler = self._refuse_dtd
+        p.ExternalEntityRefHandler = self._refuse_external
         p.StartElementHandler = self._start
         p.EndElementHandler = self._end
         p.CharacterDataHandler = self._chars
@@ -189,6 +189,9 @@ class DocumentReader:
     def _refuse_dtd(self, *args: Any) -> None:
         raise self.error(Status.INVALID_XML,
                          "document type declarations and entities are not accepted")
+
+    def _refuse_external(self, *args: Any) -> int:
+        raise self.error(Status.INVALID_XML, "external entities are not accepted")
 
     def _start(self, name: str, attrs: Mapping[str, str]) -> None:
         depth = len(self._path)
