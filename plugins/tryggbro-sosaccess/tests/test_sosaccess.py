@@ -132,6 +132,18 @@ def test_refused_documents_get_the_protocols_status(body, status, text):
     assert text in caught.value.info
 
 
+def test_redaction_masks_the_password_and_keeps_the_rest():
+    body = client_alarm(reference="r", detector_text="Knapp på badet")
+    masked = redact(body)
+    assert AUTH.encode() not in masked
+    assert masked == body.replace(AUTH.encode(), b"*" * 15)
+    cdata = b'<?xml version="1.0" encoding="iso-8859-1"?><pingrequest><authentication >' \
+            b"<![CDATA[a<b&c]]></authentication><transmittercode>1</transmittercode>" \
+            b"<transmittertype>SV300</transmittertype></pingrequest>"
+    assert b"a<b&c" not in redact(cdata)
+    assert parse_document(redact(cdata)).get("authentication") == "*" * len(b"<![CDATA[a<b&c]]>")
+
+
 def test_size_limit():
     body = client_alarm(reference="r", additional_info="x" * 1500)
     with pytest.raises(ProtocolError) as caught:

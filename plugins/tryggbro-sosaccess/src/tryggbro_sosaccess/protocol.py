@@ -286,7 +286,7 @@ def parse_time(value: str) -> datetime | None:
         return None
 
 
-_AUTH = re.compile(rb"(<authentication>)([^<]*)(</authentication>)")
+_AUTH = re.compile(rb"(<authentication\s*>)(.*?)(</authentication\s*>)", re.DOTALL)
 
 
 def redact(body: bytes) -> bytes:
