@@ -154,6 +154,9 @@ async def test_ping_is_answered_and_kept_as_a_heartbeat(receiver):
     assert (event["category"], event["kind"], event["device_id"]) == \
         ("device_health", "heartbeat", "1234567")
     assert trace["deliveries"] == []
+    # The heartbeat is the device's last contact (no-contact tracking).
+    (device,) = hub.repo.list_devices("sos")
+    assert device["last_seen_at"] == stored["received_at"]
     # A ping without a reference is still a heartbeat of its own (a fresh key each time).
     await asyncio.to_thread(client(port).ping)
     await asyncio.to_thread(client(port).ping)
