@@ -258,3 +258,59 @@ def enrol(hub, device: str) -> None:
               "patient": "01819012012", "municipality": "0301", "legal_basis": "consent",
               "valid_from": "2020-01-01T00:00:00+00:00", "heartbeat_minutes": "60"}
     hub.repo.enrol([parse_enrolment(record, device_types=DeviceTypes(hub.mappings).names)])
+
+
+async def test_tls_receiver(tryggbro_hub, monkeypatch, tmp_path):
+    """TLS with the standard library's client: sos-access 0.0.8's own TLS cannot connect on
+    Python >= 3.10 (it wraps its client socket in a server-side context)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    monkeypatch.setenv(CREDENTIALS_ENV, f"1234567:{AUTH}")
+    hub = tryggbro_hub(CONFIG.replace('read_timeout_seconds = 2', 'read_timeout_seconds = 2\n'
+                                      'tls_cert_file = "cert.pem"\ntls_key_file = "key.pem"'))
+    hub.intake.start()
+    source = hub.sources["sos"]
+    await source.start()
+
+    def send() -> str:
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        context.check_hostname = False
+        with socket.create_connection(("127.0.0.1", source.port), timeout=5) as raw, \
+                context.wrap_socket(raw) as sock:
+            sock.sendall(alarm_xml("tls-1"))
+            received = b""
+            while not received.endswith(b"</alarmresponse>") and (chunk := sock.recv(4096)):
+                received += chunk
+        return received.decode("latin-1")
+
+    try:
+        response = AlarmResponseSchema().load(await asyncio.to_thread(send))
+        assert (response.status, response.reference) == (0, "tls-1")
+        assert [m["dedup_key"] for m in messages(hub)] == ["alarm:1234567:AL:tls-1"]
+        # A plain-TCP sender gets no answer from a TLS receiver and nothing is stored.
+        try:
+            got = await exchange(source.port, alarm_xml("plain-1"))
+        except OSError:  # reset instead of closed: either way, no answer
+            got = ""
+        assert got == ""
+        assert len(messages(hub)) == 1
+    finally:
+        await source.stop()
+        hub.intake.stop()
+
+
+def test_every_setting_is_documented():
+    from tryggbro_sosaccess.source import SosAccessSettings
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    readme = (REPO / "plugins" / "tryggbro-sosaccess" / "README.md").read_text()
+    missing = [name for name in SosAccessSettings.model_fields
+               if f"`{name}`" not in text or f"{name}" not in readme]
+    assert missing == []
