@@ -40,8 +40,9 @@ def test_alarm_lifecycle_lands_in_the_ehr_once(tmp_path, medplum, serve_process)
     port = new_port()
     config = toml_config(tmp_path, port, medplum.base_url)
     patient = unique_patient()
-    enrolled = cli(config, "devices", "enrol", "alarmplatform", "TA-E2E", "--patient", patient,
-                   "--municipality", "0301", "--valid-from", "2020-01-01")
+    enrolled = cli(config, "devices", "enrol", "alarmplatform", "TA-E2E", "--type",
+                   "safety_alarm", "--patient", patient, "--municipality", "0301", "--consent",
+                   "--valid-from", "2020-01-01")
     assert enrolled.returncode == 0, enrolled.stderr
     server = serve_process(config, port, tmp_path / "serve.log")
     alarm_id = f"ALM-{uuid.uuid4().hex[:8]}"
