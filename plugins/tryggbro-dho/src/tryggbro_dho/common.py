@@ -6,8 +6,6 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
-
 from hub.errors import InputError
 from hub.jsonsafe import loads_strict
 
@@ -23,13 +21,6 @@ def loads_exact(body: bytes) -> Any:
     loads_strict(body)
     text = body.decode("utf-8-sig")
     return json.loads(text, parse_float=Decimal, parse_int=Decimal)
-
-
-def problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-        for e in exc.errors(include_url=False, include_input=False)
-    )
 
 
 def measured_value(value: Any, where: str) -> Decimal | None:

@@ -12,8 +12,9 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from hub.adapters import validate_payload
 from hub.contracts import AdapterSetup, IntakeRequest
 from hub.domain.model import (
     Category,
@@ -27,7 +28,7 @@ from hub.domain.model import (
 from hub.errors import ConfigError, InputError
 from hub.jsonsafe import loads_strict
 from hub.measurements import MeasurementTable
-from tryggbro_dho.common import NOT_A_NUMBER, loads_exact, measured_value, problems
+from tryggbro_dho.common import NOT_A_NUMBER, loads_exact, measured_value
 
 TABLE = "dho"
 KIND = "measurement"
@@ -97,10 +98,7 @@ class DhoJsonAdapter:
         return message_id
 
     def parse(self, message: StoredMessage) -> list[Event]:
-        try:
-            upload = Upload.model_validate(loads_exact(message.body))
-        except ValidationError as exc:
-            raise InputError("malformed-payload", problems(exc)) from None
+        upload = validate_payload(Upload, loads_exact(message.body))
         device = DeviceRef(id=upload.station.id, model=upload.station.model)
         events = []
         for i, reading in enumerate(upload.readings):

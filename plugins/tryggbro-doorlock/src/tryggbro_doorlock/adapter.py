@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
+from hub.adapters import json_event_id, validate_payload
 from hub.contracts import AdapterSetup, IntakeRequest
 from hub.domain.model import Category, DeviceRef, DoorAccess, Event, Performer, StoredMessage
-from hub.errors import InputError
 from hub.jsonsafe import loads_strict
 from tryggbro_doorlock.schema import Staff, Webhook
 
@@ -37,26 +35,11 @@ class DoorLockAdapter:
         self.methods = table.section("methods")
 
     def intake_key(self, request: IntakeRequest) -> str | None:
-        data = loads_strict(request.body)
-        if not isinstance(data, dict):
-            raise InputError("malformed-payload", "the body must be a JSON object")
-        event_id = data.get("eventId")
-        if not isinstance(event_id, str) or not event_id:
-            raise InputError("malformed-payload", "eventId: required, a non-empty string")
-        return event_id
+        return json_event_id(request.body)
 
     def parse(self, message: StoredMessage) -> list[Event]:
         data: Any = loads_strict(message.body)
-        try:
-            hook = Webhook.model_validate(data)
-        except ValidationError as exc:
-            # include_input=False: the message names the field, never its value.
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False,
-                                    include_context=False)
-            )
-            raise InputError("malformed-payload", problems) from None
+        hook = validate_payload(Webhook, data)
         outcome = self.event_types.lookup(hook.type)
         device = DeviceRef(id=hook.lock.id, model=hook.lock.model, type="Elektronisk dørlås",
                            location=hook.lock.location)

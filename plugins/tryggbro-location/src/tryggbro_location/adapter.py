@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
+from hub.adapters import json_event_id, validate_payload
 from hub.contracts import AdapterSetup, IntakeRequest
 from hub.domain.model import (
     AlarmDetails,
@@ -26,7 +25,7 @@ from hub.domain.model import (
     Position,
     StoredMessage,
 )
-from hub.errors import InputError, MappingError
+from hub.errors import MappingError
 from hub.jsonsafe import loads_strict
 from tryggbro_location import schema
 
@@ -48,26 +47,11 @@ class LocationAdapter:
         self.priorities = table.section("priorities")
 
     def intake_key(self, request: IntakeRequest) -> str | None:
-        data = loads_strict(request.body)
-        if not isinstance(data, dict):
-            raise InputError("malformed-payload", "the body must be a JSON object")
-        event_id = data.get("eventId")
-        if not isinstance(event_id, str) or not event_id:
-            raise InputError("malformed-payload", "eventId: required, a non-empty string")
-        return event_id
+        return json_event_id(request.body)
 
     def parse(self, message: StoredMessage) -> list[Event]:
         data: Any = loads_strict(message.body)
-        try:
-            hook = schema.Webhook.model_validate(data)
-        except ValidationError as exc:
-            # include_input=False: the message names the field, never its value.
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False,
-                                    include_context=False)
-            )
-            raise InputError("malformed-payload", problems) from None
+        hook = validate_payload(schema.Webhook, data)
         device = DeviceRef(id=hook.device.id, model=hook.device.model, type=hook.device.type)
         if hook.alarm is not None:
             return [self._alarm_event(hook, hook.alarm, device)]

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
+from hub.adapters import json_event_id, validate_payload
 from hub.contracts import AdapterSetup, IntakeRequest
 from hub.domain.model import (
     AlarmDetails,
@@ -24,7 +23,6 @@ from hub.domain.model import (
     StoredMessage,
     TimelineEntry,
 )
-from hub.errors import InputError
 from hub.jsonsafe import loads_strict
 from tryggbro_supervision.schema import Alert, Device, Webhook
 
@@ -54,24 +52,11 @@ class SupervisionAdapter:
         self.alert_codes = setup.mappings.codesystem(ALERT_CODE)
 
     def intake_key(self, request: IntakeRequest) -> str | None:
-        data = loads_strict(request.body)
-        if not isinstance(data, dict):
-            raise InputError("malformed-payload", "the body must be a JSON object")
-        event_id = data.get("eventId")
-        if not isinstance(event_id, str) or not event_id:
-            raise InputError("malformed-payload", "eventId: required, a non-empty string")
-        return event_id
+        return json_event_id(request.body)
 
     def parse(self, message: StoredMessage) -> list[Event]:
         data: Any = loads_strict(message.body)
-        try:
-            hook = Webhook.model_validate(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
-                for e in exc.errors(include_url=False, include_input=False)
-            )
-            raise InputError("malformed-payload", problems) from None
+        hook = validate_payload(Webhook, data)
         if hook.alert is not None:
             return [self._alert_event(hook, hook.alert)]
         assert hook.device is not None
