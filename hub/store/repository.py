@@ -45,6 +45,7 @@ from hub.domain.model import (
 )
 from hub.domain.privacy import PERSON_ID_SYSTEMS, safe_error_text
 from hub.errors import HubError
+from hub.logging import get_logger
 from hub.registry import EnrolmentRequest, format_plans, parse_plans
 from hub.store.db import Database
 from hub.store.tables import (
@@ -72,6 +73,8 @@ DS: Table = DestinationStatus.__table__  # type: ignore[attr-defined]
 # per-key order holds with several processors; a message stuck longer than this stops
 # holding others back (it is failing visibly on its own).
 ORDER_BARRIER_SECONDS = 10.0
+
+log = get_logger("hub.store")
 
 
 def utcnow() -> datetime:
@@ -446,30 +449,15 @@ class Repository:
         Returns the ids whose lease was lost to another worker (their result is dropped).
         The whole batch is written with a few multi-row statements in one transaction;
         if that fails, each message is written alone in a savepoint, so one bad result
-        fails only its own message.
+        fails only its own message. The devices' last-seen times and the newest
+        measurements ride in the same transaction: no extra commit per batch.
         """
         try:
-            lost = self._save_batch(worker, outcomes)
+            return self._save_batch(worker, outcomes)
         except OperationalError:
             raise  # the connection, not a message: retried by @transient
         except Exception:
-            lost = self._save_each(worker, outcomes)
-        self.record_observations([o for o in outcomes if o.message_id not in lost])
-        return lost
-
-    def record_observations(self, outcomes: Sequence[MessageOutcome]) -> None:
-        """Last-seen times and newest measurements. Kept apart from the message results:
-        they are observations that the next message corrects, not part of any message."""
-        seen: dict[tuple[str, str], datetime] = {}
-        measured: dict[tuple[str, str, str], datetime] = {}
-        for o in outcomes:
-            for source, device_id, at in o.seen:
-                seen[(source, device_id)] = max(at, seen.get((source, device_id), at))
-            for system, value, mtype, at in o.measured:
-                key = (system, value, mtype)
-                measured[key] = max(at, measured.get(key, at))
-        self.touch_devices(seen)
-        self.record_measurements(measured)
+            return self._save_each(worker, outcomes)
 
     def _save_batch(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
         now = utcnow()
@@ -501,6 +489,7 @@ class Repository:
                               for d in ev.deliveries]
                 if deliveries:
                     conn.execute(insert(D), deliveries)
+            self._record_observations(conn, mine)
         return [o.message_id for o in outcomes if o.message_id not in owned]
 
     def _save_each(self, worker: str, outcomes: Sequence[MessageOutcome]) -> list[int]:
@@ -522,7 +511,46 @@ class Repository:
                     self._fail_message(conn, worker, outcome.message_id,
                                        f"storing the processing result failed: "
                                        f"{type(exc).__name__}: {exc}", now)
+            # Observations are corrected by the next message: never worth a result.
+            savepoint = conn.begin_nested()
+            try:
+                self._record_observations(conn, [o for o in outcomes
+                                                 if o.message_id not in lost])
+                savepoint.commit()
+            except OperationalError:
+                raise
+            except Exception:
+                savepoint.rollback()
+                log.exception("recording last-seen times failed; the next message corrects them")
         return lost
+
+    def _record_observations(self, conn: Connection, outcomes: Sequence[MessageOutcome]
+                             ) -> None:
+        """Last-seen times (any message, heartbeats included; a device heard again after a
+        "no contact" alert is in contact again) and the newest measurement per patient
+        and type, for the missing-measurement check."""
+        seen: dict[tuple[str, str], datetime] = {}
+        measured: dict[tuple[str, str, str], datetime] = {}
+        for o in outcomes:
+            for source, device_id, at in o.seen:
+                seen[(source, device_id)] = max(at, seen.get((source, device_id), at))
+            for system, value, mtype, at in o.measured:
+                key = (system, value, mtype)
+                measured[key] = max(at, measured.get(key, at))
+        for (source, device_id), at in sorted(seen.items()):
+            when = to_db(at)
+            conn.execute(update(DEV).where(
+                DEV.c.source == source, DEV.c.device_id == device_id,
+                or_(DEV.c.last_seen_at.is_(None), DEV.c.last_seen_at < when),
+            ).values(last_seen_at=when, no_contact_at=None))
+        for (system, value, mtype), at in sorted(measured.items()):
+            when = to_db(at)
+            conn.execute(self._insert(MS).values(
+                patient_system=system, patient_value=value, type=mtype, last_at=when,
+            ).on_conflict_do_update(
+                index_elements=["patient_system", "patient_value", "type"],
+                set_={"last_at": when, "missing_alerted_at": None},
+                where=MS.c.last_at < when))
 
     def _save_outcome(self, conn: Connection, worker: str, outcome: MessageOutcome,
                       now: datetime) -> bool:
@@ -1054,19 +1082,6 @@ class Repository:
                 stmt = stmt.where(EN.c.device_id == device_id)
             return [_period(row).describe() for row in conn.execute(stmt).all()]
 
-    def touch_devices(self, seen: Mapping[tuple[str, str], datetime]) -> None:
-        """Record that devices were heard (any message, heartbeats included) at these
-        times; a device heard again after a "no contact" alert is in contact again."""
-        if not seen:
-            return
-        with self.db.engine.begin() as conn:
-            for (source, device_id), at in sorted(seen.items()):
-                when = to_db(at)
-                conn.execute(update(DEV).where(
-                    DEV.c.source == source, DEV.c.device_id == device_id,
-                    or_(DEV.c.last_seen_at.is_(None), DEV.c.last_seen_at < when),
-                ).values(last_seen_at=when, no_contact_at=None))
-
     def silent_devices(self, now: datetime) -> list[SilentDevice]:
         """Enrolled devices with an expected contact interval, silent past it, and not yet
         alerted. A device never heard is counted from the start of its enrolment."""
@@ -1091,20 +1106,6 @@ class Repository:
             conn.execute(update(DEV).where(DEV.c.source == source,
                                            DEV.c.device_id == device_id)
                          .values(no_contact_at=to_db(at)))
-
-    def record_measurements(self, seen: Mapping[tuple[str, str, str], datetime]) -> None:
-        """The newest measurement time per (patient system, patient value, type)."""
-        if not seen:
-            return
-        with self.db.engine.begin() as conn:
-            for (system, value, mtype), at in sorted(seen.items()):
-                when = to_db(at)
-                conn.execute(self._insert(MS).values(
-                    patient_system=system, patient_value=value, type=mtype, last_at=when,
-                ).on_conflict_do_update(
-                    index_elements=["patient_system", "patient_value", "type"],
-                    set_={"last_at": when, "missing_alerted_at": None},
-                    where=MS.c.last_at < when))
 
     def missing_measurements(self, now: datetime) -> list[MissingMeasurement]:
         """Measurement plans with a period whose newest measurement (or the enrolment's
