@@ -57,6 +57,9 @@ class RawMessage:
 
     `dedup_key` identifies the sender's message (vendor event id, MSH-3/4/10, alarm
     reference); a second message with the same key is the same message.
+
+    `answer` is what the source will send back once the message is committed (an HL7
+    ACK): it is stored with the message, so a resent copy gets the very same answer.
     """
 
     source: str
@@ -65,6 +68,7 @@ class RawMessage:
     body: bytes
     received_at: datetime
     transport: Mapping[str, str] = field(default_factory=dict)
+    answer: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

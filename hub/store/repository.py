@@ -97,6 +97,7 @@ class IntakeResult:
     id: int
     duplicate: bool
     same_body: bool = True  # False: the dedup key was reused for a different body
+    answer: bytes | None = None  # the answer stored with the message (its first copy's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +273,18 @@ class Repository:
                       ) -> list[IntakeResult]:
         now = utcnow()
         with self.db.engine.begin() as conn:
-            known: dict[tuple[str, str], tuple[int, str]] = {}
+            known: dict[tuple[str, str], tuple[int, str, bytes | None]] = {}
             by_source: dict[str, set[str]] = {}
             for raw in raws:
                 by_source.setdefault(raw.source, set()).add(raw.dedup_key)
             for source, keys in by_source.items():
                 for chunk in chunks(sorted(keys), 500):
-                    for row in conn.execute(select(J.c.id, J.c.dedup_key, J.c.body_sha256)
+                    for row in conn.execute(select(J.c.id, J.c.dedup_key, J.c.body_sha256,
+                                                   J.c.answer)
                                             .where(J.c.source == source,
                                                    J.c.dedup_key.in_(chunk))):
-                        known[(source, row.dedup_key)] = (int(row.id), row.body_sha256)
+                        known[(source, row.dedup_key)] = (int(row.id), row.body_sha256,
+                                                          row.answer)
             new_rows: list[dict[str, Any]] = []
             new_keys: list[tuple[str, str]] = []
             for raw, digest in zip(raws, digests, strict=True):
@@ -294,17 +297,18 @@ class Repository:
                 ids = conn.execute(insert(J).returning(J.c.id, sort_by_parameter_order=True),
                                    new_rows).scalars().all()
                 for key, row_id, new in zip(new_keys, ids, new_rows, strict=True):
-                    known[key] = (int(row_id), new["body_sha256"])
+                    known[key] = (int(row_id), new["body_sha256"], new["answer"])
         results = []
         first_seen: set[tuple[str, str]] = set(new_keys)
         for raw, digest in zip(raws, digests, strict=True):
             key = (raw.source, raw.dedup_key)
-            row_id, stored = known[key]
+            row_id, stored, answer = known[key]
             if key in first_seen:
                 first_seen.discard(key)
-                results.append(IntakeResult(row_id, duplicate=False))
+                results.append(IntakeResult(row_id, duplicate=False, answer=answer))
             else:
-                results.append(IntakeResult(row_id, duplicate=True, same_body=stored == digest))
+                results.append(IntakeResult(row_id, duplicate=True, same_body=stored == digest,
+                                            answer=answer))
         return results
 
     def _insert_each(self, raws: Sequence[RawMessage], digests: Sequence[str]
@@ -320,13 +324,14 @@ class Repository:
                 )
                 new_id = conn.execute(stmt).scalar()
                 if new_id is not None:
-                    results.append(IntakeResult(int(new_id), duplicate=False))
+                    results.append(IntakeResult(int(new_id), duplicate=False, answer=raw.answer))
                     continue
                 row = conn.execute(
-                    select(J.c.id, J.c.body_sha256).where(
+                    select(J.c.id, J.c.body_sha256, J.c.answer).where(
                         J.c.source == raw.source, J.c.dedup_key == raw.dedup_key)
                 ).one()
-                results.append(IntakeResult(int(row.id), True, row.body_sha256 == digest))
+                results.append(IntakeResult(int(row.id), True, row.body_sha256 == digest,
+                                            row.answer))
         return results
 
     # ---------------------------------------------------------------------------------
@@ -1197,7 +1202,8 @@ def _journal_row(raw: RawMessage, digest: str, now: datetime) -> dict[str, Any]:
         "source": raw.source, "dedup_key": raw.dedup_key, "body_sha256": digest,
         "content_type": raw.content_type, "body": raw.body,
         "transport": json.dumps(dict(raw.transport), sort_keys=True),
-        "received_at": to_db(raw.received_at), "state": MessageState.RECEIVED.value,
+        "received_at": to_db(raw.received_at), "answer": raw.answer,
+        "state": MessageState.RECEIVED.value,
         "attempts": 0, "updated_at": now,
     }
 

@@ -40,6 +40,9 @@ class Journal(SQLModel, table=True):
     transport: str = Field(default="{}", sa_column=Column(Text, nullable=False,
                                                           server_default=text("'{}'")))
     received_at: datetime
+    # The answer the sender got (an HL7 ACK), stored with the message so that a resent
+    # copy is answered with exactly the same bytes.
+    answer: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     state: str = Field(max_length=16)
     state_reason: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0

@@ -59,6 +59,21 @@ def test_intake_dedup_within_and_across_batches(repo):
     assert repo.status().messages == {"received": 3}
 
 
+def test_a_resent_message_gets_the_answer_stored_with_its_first_copy(repo):
+    def acked(key, answer, body=b"MSH|..."):
+        return RawMessage("mllp", key, "x-application/hl7-v2+er7", body, NOW, answer=answer)
+
+    first = repo.insert_messages([acked("a", b"ACK-1"), acked("a", b"ACK-2")])
+    assert [(r.duplicate, r.answer) for r in first] == [(False, b"ACK-1"), (True, b"ACK-1")]
+    # A later resend, built with a fresh answer, is answered with the stored one.
+    later = repo.insert_messages([acked("a", b"ACK-3")])
+    assert (later[0].duplicate, later[0].answer) == (True, b"ACK-1")
+    # Row-by-row path (taken when another process inserted a key meanwhile) agrees.
+    each = repo._insert_each([acked("a", b"ACK-4"), acked("b", b"ACK-5")], ["x", "y"])
+    assert [(r.duplicate, r.answer) for r in each] == [(True, b"ACK-1"), (False, b"ACK-5")]
+    assert repo.insert_messages([raw("no-answer")])[0].answer is None
+
+
 def claim_concurrently(claim, workers=4):
     """Run `claim(worker_name)` in several threads until it returns nothing; returns
     every id claimed (a double claim shows up as an id counted twice)."""
