@@ -37,6 +37,13 @@ def test_only_the_http_client_module_imports_httpx():
     assert offenders == []
 
 
+def test_only_hub_hl7v2_imports_the_hl7_libraries():
+    offenders = [p for p, imps in modules()
+                 if any(i.split(".")[0] in ("hl7", "hl7apy") for i in imps)
+                 and not p.startswith("hub/hl7v2/")]
+    assert offenders == []
+
+
 def test_core_never_imports_a_vendor_plugin():
     offenders = [p for p, imps in modules()
                  if any(i.startswith(("tryggbro_", "plugins")) for i in imps)]
