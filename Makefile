@@ -10,13 +10,14 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= tryggbro.example.toml
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MEDPLUM := tests/peers/medplum
+NODE_HL7 := tests/peers/node-hl7
 
 # Demo credentials for `make run` only. Production sets its own in the environment.
 export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
 export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
 export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
 
-.PHONY: install run test lint typecheck peers postgres medplum peer-medplum bench clean
+.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +43,13 @@ $(MEDPLUM)/node_modules/.package-lock.json: $(MEDPLUM)/package-lock.json
 
 medplum: $(MEDPLUM)/node_modules/.package-lock.json
 
-peers: postgres medplum
+# node-hl7-server 2.5.0: an MLLP receiver for the mllp destination tests.
+$(NODE_HL7)/node_modules/.package-lock.json: $(NODE_HL7)/package-lock.json
+	cd $(NODE_HL7) && npm ci --no-audit --no-fund --loglevel=error
+
+node-hl7: $(NODE_HL7)/node_modules/.package-lock.json
+
+peers: postgres medplum node-hl7
 
 # The Medplum FHIR engine on 127.0.0.1:8103, to try the fhir-rest destination by hand.
 peer-medplum: medplum
@@ -63,5 +70,9 @@ bench: $(STAMP)
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk; }
 	$(BIN)/python bench/ingest_e2e.py --runs 5 --seconds 10
 
+# MLLP ingest: the hub's mllp source (durable) vs hl7apy's and python-hl7's servers.
+bench-mllp: $(STAMP)
+	$(BIN)/python bench/mllp_ingest.py --runs 5 --seconds 5
+
 clean:
-	rm -rf $(VENV) var bench/out $(MEDPLUM)/node_modules
+	rm -rf $(VENV) var bench/out $(MEDPLUM)/node_modules $(NODE_HL7)/node_modules

@@ -7,7 +7,8 @@ the tests parse every built message with hl7apy for its version to prove the str
 - MSH-10 is the caller's deterministic control id (a retry resends the same id, so a
   receiver that deduplicates does); MSH-18 is UNICODE UTF-8 and the bytes are UTF-8.
 - PID-3: the patient's identifier; the Norwegian national id (OID 2.16.578.1.12.4.1.4.1)
-  as ``value^^^&2.16.578.1.12.4.1.4.1&ISO^NNNOR``.
+  as ``value^^^&2.16.578.1.12.4.1.4.1&ISO^NNNOR``. PID-5 (required) is ``^^^^^^U``, a name
+  of unspecified type: the Bundle carries no name and the hub sends none.
 - OBR-4: 182777000 "Monitoring of patient" (SNOMED CT), as PCD-01 does; OBR-7 the
   earliest observation time.
 - One OBX per Observation: OBX-3 the ISO/IEEE 11073 MDC code (coding system MDC) with
@@ -143,7 +144,7 @@ def build_oru(bundle: Mapping[str, Any], *, control: str, at: datetime, sender: 
            escape(receiver.application, None), escape(receiver.facility, None),
            at.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000"), "", "ORU^R01^ORU_R01",
            control, processing_id, version, "", "", "", "", "", "UNICODE UTF-8"]
-    segments = ["|".join(msh), f"PID|1||{_patient(bundle, observations)}"]
+    segments = ["|".join(msh), f"PID|1||{_patient(bundle, observations)}||^^^^^^U"]
     bundle_id = escape(str(bundle.get("id", control)), None)
     segments.append(f"OBR|1||{bundle_id}^TRYGGBRO|182777000^Monitoring of patient^SCT"
                     f"|||{min(times) if times else ''}|||||||||||||||||F")
