@@ -1,6 +1,7 @@
 """MLLP receivers from other projects, as subprocesses on 127.0.0.1 (peers.md §C).
 
 - `hl7apy_peer()`: hl7apy 1.3.5 MLLPServer (closes the connection after each message);
+- `python_hl7_peer()`: python-hl7 0.4.5 asyncio server (persistent connections);
 - `node_hl7_peer(code)`: node-hl7-server 2.5.0 answering `code` (AA/AE/AR) to every
   message; on a persistent connection it re-sends the ACKs of all earlier messages.
   Installed by `make node-hl7` (npm ci in tests/peers/node-hl7).
@@ -62,3 +63,8 @@ def node_hl7_available() -> bool:
 def node_hl7_peer(code: str = "AA") -> contextlib.AbstractContextManager[int]:
     port = free_port()
     return _run(["node", "ack-server.cjs", str(port), code], port, cwd=NODE_HL7)
+
+
+def python_hl7_peer() -> contextlib.AbstractContextManager[int]:
+    port = free_port()
+    return _run([sys.executable, str(PEERS / "python_hl7_ack_server.py"), str(port)], port)
