@@ -132,6 +132,7 @@ class MllpSource:
         self.codec = CHARSETS[settings.default_charset]
         self._server: asyncio.Server | None = None
         self._active: set[asyncio.Task[Any]] = set()
+        self._waiting: set[asyncio.Task[Any]] = set()  # between frames: safe to cancel
         self._per_ip: dict[str, int] = {}
         self._codes = {t.split("^")[0] for t in settings.message_types}
         self._types = set(settings.message_types)
@@ -163,8 +164,11 @@ class MllpSource:
         if self._server is None:
             return
         self._server.close()
+        # Connections waiting between frames are closed at once; a message being read or
+        # committed gets its ACK first (bounded).
+        for task in self._waiting:
+            task.cancel()
         if self._active:
-            # A message being committed gets its ACK; idle connections are just closed.
             _, pending = await asyncio.wait(set(self._active), timeout=5)
             for task in pending:
                 task.cancel()
@@ -218,11 +222,14 @@ class MllpSource:
         frames = FrameReader(s.max_frame_bytes)
         loop = asyncio.get_running_loop()
         frame_deadline = 0.0
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             if frames.mid_frame:
                 timeout = frame_deadline - loop.time()
             else:
                 timeout = s.idle_timeout_seconds
+                self._waiting.add(task)
             try:
                 async with asyncio.timeout(max(timeout, 0.0)):
                     data = await reader.read(65536)
@@ -236,6 +243,8 @@ class MllpSource:
                     log.info("mllp connection idle; closing it", source=self.name,
                              remote=ip, idle_timeout_seconds=s.idle_timeout_seconds)
                 return
+            finally:
+                self._waiting.discard(task)
             if not data:
                 error = frames.eof_error()
                 if error is not None:
@@ -268,7 +277,7 @@ class MllpSource:
         """
         received_at = datetime.now(UTC)
         try:
-            header, text, codec = await self._admit(data)
+            header, codec = await self._admit(data)
         except _Refused as refused:
             return self._refuse(refused, received_at, ip)
         outcome = ACCEPT
@@ -306,7 +315,7 @@ class MllpSource:
                       message_type=header.message_type)
         return answer if ack_wanted(header, outcome) else None
 
-    async def _admit(self, data: bytes) -> tuple[Header, str, str]:
+    async def _admit(self, data: bytes) -> tuple[Header, str]:
         """Decode and check a frame; raises `_Refused` with what the ACK must say."""
         try:
             decoded = decode(data, default_charset=self.codec)
@@ -338,7 +347,7 @@ class MllpSource:
                 await asyncio.to_thread(schema.check, decoded.text)
             except Hl7Error as exc:
                 raise _Refused(header, REJECT if exc.reject else ERROR, exc) from None
-        return header, decoded.text, decoded.codec
+        return header, decoded.codec
 
     def _refuse(self, refused: _Refused, received_at: datetime, ip: str) -> bytes | None:
         header, error = refused.header, refused.error

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -16,8 +17,8 @@ from hub.destinations.mllp import MllpDestination, MllpDestinationSettings
 from hub.domain.model import OutboundDelivery, OutcomeKind
 from hub.hl7v2.framing import FrameReader, frame
 from tests.integration.test_mllp_source import rows
-from tests.integration.test_mllp_source import start as start  # noqa: F401 - fixture
-from tests.integration.test_mllp_source import tryggbro_plugins as tryggbro_plugins  # noqa: F401
+from tests.integration.test_mllp_source import start as start
+from tests.integration.test_mllp_source import tryggbro_plugins as tryggbro_plugins
 from tests.peers.mllp import hl7apy_peer, node_hl7_available, node_hl7_peer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -27,7 +28,7 @@ needs_node = pytest.mark.skipif(not node_hl7_available(),
                                 reason="run `make node-hl7` (npm ci in tests/peers/node-hl7)")
 
 
-def delivery(n: int, bundle: dict | None = None) -> OutboundDelivery:
+def delivery(n: int, bundle: dict[str, Any] | None = None) -> OutboundDelivery:
     b = bundle or BUNDLE
     return OutboundDelivery(id=n, message_id=n, destination="ehr",
                             payload=json.dumps(b).encode(), bundle_id=b["id"], priority=50,
@@ -51,24 +52,23 @@ async def test_hl7apy_peer_closes_after_each_message_and_we_reconnect(connection
     assert outcomes[0].detail == "ACK AA"
 
 
+class WithPrtSegment(MllpDestination):
+    """Adds a segment v2.5 does not define: hl7apy answers AE with its reason."""
+
+    def message(self, delivery: OutboundDelivery) -> tuple[str, str]:
+        control, text = super().message(delivery)
+        return control, text + "\rPRT|1"
+
+
 async def test_hl7apy_peer_ae_is_retried_with_its_reason():
     with hl7apy_peer() as port:
-        dest = destination(port, version="2.5")
-
-        async def send_bad() -> object:
-            # A segment v2.5 does not define: hl7apy answers AE with its reason.
-            original = dest.message
-
-            def with_prt(d: OutboundDelivery) -> tuple[str, str]:
-                control, text = original(d)
-                return control, text + "\rPRT|1"
-            dest.message = with_prt  # type: ignore[method-assign]
-            return await dest.send(delivery(9))
-
-        outcome = await send_bad()
+        dest = WithPrtSegment("ehr", MllpDestinationSettings(
+            host="127.0.0.1", port=port, version="2.5", ack_timeout_seconds=3))
+        outcome = await dest.send(delivery(9))
         await dest.aclose()
     assert outcome.kind == OutcomeKind.RETRY
-    assert "AE" in outcome.detail and "PRT" in outcome.detail
+    assert "AE" in outcome.detail
+    assert "PRT" in outcome.detail
 
 
 @needs_node
@@ -96,7 +96,7 @@ async def test_node_peer_ack_codes_decide_the_outcome(code, kind):
     assert code in outcome.detail
 
 
-async def test_round_trip_into_our_own_source_dedups_a_retry(start):  # noqa: F811
+async def test_round_trip_into_our_own_source_dedups_a_retry(start):
     hub, port = await start(message_types=["ORU^R01"])
     dest = destination(port, receiving_facility="HUB")
     first = await dest.send(delivery(77))
@@ -105,7 +105,8 @@ async def test_round_trip_into_our_own_source_dedups_a_retry(start):  # noqa: F8
     await dest.aclose()
     assert [o.kind for o in (first, again, other)] == [OutcomeKind.DELIVERED] * 3
     keys = [r[0] for r in rows(hub)]
-    assert len(keys) == 2 and keys[0].startswith("TRYGGBRO||TB77.")
+    assert len(keys) == 2
+    assert keys[0].startswith("TRYGGBRO||TB77.")
     await hub.sources["lab"].stop()
 
 
@@ -136,7 +137,8 @@ async def test_refused_connection_and_garbage_are_retries():
     server.close()
     await server.wait_closed()
     outcome = await destination(port).send(delivery(1))
-    assert outcome.kind == OutcomeKind.RETRY and "cannot connect" in outcome.detail
+    assert outcome.kind == OutcomeKind.RETRY
+    assert "cannot connect" in outcome.detail
 
     async def garbage(reader, writer):
         await reader.read(65536)
@@ -145,7 +147,8 @@ async def test_refused_connection_and_garbage_are_retries():
     server, port = await serve(garbage)
     outcome = await destination(port).send(delivery(1))
     server.close()
-    assert outcome.kind == OutcomeKind.RETRY and "unreadable answer" in outcome.detail
+    assert outcome.kind == OutcomeKind.RETRY
+    assert "unreadable answer" in outcome.detail
 
 
 async def test_a_bundle_without_observations_is_rejected_not_retried():

@@ -143,12 +143,12 @@ class Client:
 
 
 def msa(ack: bytes) -> list[str]:
-    seg = [s for s in ack.decode("latin-1").split("\r") if s.startswith("MSA")][0]
+    seg = next(s for s in ack.decode("latin-1").split("\r") if s.startswith("MSA"))
     return seg.split("|")
 
 
 def err(ack: bytes) -> list[str]:
-    seg = [s for s in ack.decode("latin-1").split("\r") if s.startswith("ERR")][0]
+    seg = next(s for s in ack.decode("latin-1").split("\r") if s.startswith("ERR"))
     return seg.split("|")
 
 
@@ -192,7 +192,8 @@ async def test_same_key_with_a_different_body_is_refused_205_and_not_dropped_sil
     assert "already used" in msa(ack)[3]
     assert len(rows(hub)) == 1
     anomaly = [e for e in logs if e["event"].startswith("anomaly")]
-    assert anomaly and "Other" not in str(anomaly)
+    assert anomaly
+    assert "Other" not in str(anomaly)
 
 
 @pytest.mark.parametrize(("charset", "codec", "name"), [
@@ -205,7 +206,7 @@ async def test_norwegian_letters_land_as_sent_in_each_charset(lab, charset, code
     body = msg("N-" + codec, pid_name=name, charset=charset).encode(codec)
     ack = await (await Client.connect(port)).exchange(body)
     assert msa(ack)[1] == "AA"
-    (key, stored, _), = rows(hub)
+    (_key, stored, _), = rows(hub)
     assert stored == body
     assert name in stored.decode(codec)
     assert f"|{charset}".encode() in ack  # the ACK states the same MSH-18
@@ -291,7 +292,8 @@ async def test_broken_framing_closes_the_connection_after_a_log_line(lab, data, 
         await client.send(data, raw=True)
         assert await client.closed_by_peer()
     line = [e for e in logs if e["event"] == "mllp framing error; closing the connection"]
-    assert line and reason in line[0]["reason"]
+    assert line
+    assert reason in line[0]["reason"]
     assert rows(hub) == []
 
 
@@ -451,3 +453,14 @@ async def test_schema_validation_is_opt_in_and_answers_with_hl7apys_reason(start
     hub2, port2 = await start(processing_ids=["P", "T"])
     assert msa(await (await Client.connect(port2)).exchange(body))[1] == "CA"
     await hub2.sources["lab"].stop()
+
+
+async def test_stop_closes_idle_connections_at_once(start):
+    hub, port = await start()
+    client = await Client.connect(port)
+    assert msa(await client.exchange(msg("Z-1").encode()))[1] == "AA"
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await hub.sources["lab"].stop()
+    assert loop.time() - t0 < 2  # not the 5 s grace a message in flight would get
+    assert await client.closed_by_peer()

@@ -19,7 +19,7 @@ VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8",
             "2.8.2")
 
 
-class AckHandler(AbstractHandler):
+class AckHandler(AbstractHandler):  # type: ignore[misc]
     def reply(self) -> str:
         raw = self.incoming_message
         msh = parse_segment(raw.split("\r", 1)[0])
@@ -33,15 +33,15 @@ class AckHandler(AbstractHandler):
         ack.msh.msh_3 = "PEER"
         ack.msh.msh_5 = msh.msh_3.value
         ack.msh.msh_9 = "ACK^" + (msh.msh_9.msh_9_2.value or "") + "^ACK"
-        ack.msh.msh_10 = "ACK%d" % (time.time() * 1000)
+        ack.msh.msh_10 = f"ACK{int(time.time() * 1000)}"
         ack.msa.msa_1 = code
         ack.msa.msa_2 = msh.msh_10.value
         if text:
             ack.msa.msa_3 = text.replace("|", " ").replace("^", " ")
-        return ack.to_mllp()
+        return str(ack.to_mllp())
 
 
-class AnyType(dict):  # handlers are keyed by the full MSH-9 string
+class AnyType(dict[str, tuple[type[AckHandler]]]):  # handlers are keyed by the full MSH-9 string
     def __missing__(self, key: str) -> tuple[type[AckHandler]]:
         return (AckHandler,)
 

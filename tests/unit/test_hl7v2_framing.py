@@ -62,7 +62,8 @@ def test_eof_mid_frame_is_reported_and_eof_between_frames_is_not():
     assert reader.feed(frame(MSG2) + b"\x0bMSH|") == [MSG2]
     assert reader.mid_frame
     error = reader.eof_error()
-    assert error is not None and "mid-frame after 4 bytes" in str(error)
+    assert error is not None
+    assert "mid-frame after 4 bytes" in str(error)
 
 
 def test_start_block_inside_a_frame_and_end_block_without_cr():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
@@ -17,7 +18,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 AT = datetime(2026, 1, 10, 7, 20, tzinfo=UTC)
 
 
-def observation_bundles() -> list[tuple[str, dict]]:
+def observation_bundles() -> list[tuple[str, dict[str, Any]]]:
     found = []
     for path in sorted(FIXTURES.glob("*/cases/*/expected.json")):
         for case in json.loads(path.read_text()):
@@ -32,7 +33,7 @@ def observation_bundles() -> list[tuple[str, dict]]:
 BUNDLES = observation_bundles()
 
 
-def bp_bundle() -> dict:
+def bp_bundle() -> dict[str, Any]:
     return next(b for name, b in BUNDLES if name.startswith("01-blood-pressure"))
 
 
@@ -69,7 +70,8 @@ def test_blood_pressure_panel_fields():
                            "^85354-9^Blood pressure panel with all children optional^LN"]
     assert obx[1][2:7] == ["NM", "150021^Systolic blood pressure^MDC^8480-6^"
                            "Systolic blood pressure^LN", "1.1", "132", "mm[Hg]^mmHg^UCUM"]
-    assert obx[1][11] == "F" and obx[1][14] == "20260110081500+0100"
+    assert obx[1][11] == "F"
+    assert obx[1][14] == "20260110081500+0100"
     assert obx[1][18] == "DHO-KIT-1001"
 
 
