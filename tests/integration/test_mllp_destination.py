@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import structlog
+import trustme
 
 from hub.destinations.mllp import MllpDestination, MllpDestinationSettings
 from hub.domain.model import OutboundDelivery, OutcomeKind
@@ -19,7 +20,7 @@ from hub.hl7v2.framing import FrameReader, frame
 from tests.integration.test_mllp_source import rows
 from tests.integration.test_mllp_source import start as start
 from tests.integration.test_mllp_source import tryggbro_plugins as tryggbro_plugins
-from tests.peers.mllp import hl7apy_peer, node_hl7_available, node_hl7_peer
+from tests.peers.mllp import hl7apy_peer, node_hl7_available, node_hl7_peer, python_hl7_peer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 BUNDLE = json.loads((FIXTURES / "dho/cases/01-blood-pressure/expected.json").read_text()
@@ -157,3 +158,33 @@ async def test_a_bundle_without_observations_is_rejected_not_retried():
     outcome = await destination(1).send(delivery(1, alarm))
     assert outcome.kind == OutcomeKind.REJECTED
     assert "holds no Observation" in outcome.detail
+
+
+async def test_python_hl7_asyncio_peer_on_one_persistent_connection():
+    with python_hl7_peer() as port:
+        dest = destination(port, connection="persistent")
+        outcomes = [await dest.send(delivery(n)) for n in range(1, 4)]
+        assert len(dest._idle) == 1  # the same connection served all three
+        await dest.aclose()
+    assert [o.kind for o in outcomes] == [OutcomeKind.DELIVERED] * 3
+
+
+async def test_tls_to_our_own_source(start, tmp_path):
+    ca = trustme.CA()
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    hub, port = await start(message_types=["ORU^R01"], tls_cert_file=str(tmp_path / "server.pem"),
+                            tls_key_file=str(tmp_path / "server.pem"))
+    dest = MllpDestination("ehr", MllpDestinationSettings(
+        host="localhost", port=port, tls=True, ca_file=tmp_path / "ca.pem"))
+    outcome = await dest.send(delivery(5))
+    await dest.aclose()
+    assert outcome.kind == OutcomeKind.DELIVERED
+    assert len(rows(hub)) == 1
+    untrusted = MllpDestination("ehr", MllpDestinationSettings(host="localhost", port=port,
+                                                               tls=True))
+    failed = await untrusted.send(delivery(6))
+    assert failed.kind == OutcomeKind.RETRY
+    assert "CERTIFICATE_VERIFY_FAILED" in failed.detail
+    await hub.sources["lab"].stop()

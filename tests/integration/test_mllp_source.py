@@ -464,3 +464,24 @@ async def test_stop_closes_idle_connections_at_once(start):
     await hub.sources["lab"].stop()
     assert loop.time() - t0 < 2  # not the 5 s grace a message in flight would get
     assert await client.closed_by_peer()
+
+
+async def test_mutual_tls_requires_a_client_certificate(start, tmp_path):
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    hub, port = await start(tls_cert_file=str(tmp_path / "server.pem"),
+                            tls_key_file=str(tmp_path / "server.pem"),
+                            tls_client_ca_file=str(tmp_path / "ca.pem"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    anonymous = await Client.connect(port, context)  # TLS 1.3: refused after the handshake
+    await anonymous.send(msg("U-1").encode())
+    with pytest.raises((ConnectionResetError, ssl.SSLError, TimeoutError)):
+        await anonymous.ack(timeout=3)
+    ca.issue_cert("epj.kommune.no").configure_cert(context)
+    client = await Client.connect(port, context)
+    assert msa(await client.exchange(msg("U-2").encode()))[1] == "AA"
+    assert [r[0] for r in rows(hub)] == ["EPJ|KOMMUNE|U-2"]
+    await hub.sources["lab"].stop()
