@@ -27,20 +27,34 @@ from hl7apy.parser import parse_message
 from hub.hl7v2.wire import Hl7Error
 
 
+class SchemaError(Hl7Error):
+    """hl7apy refused the message. `kind` (the hl7apy exception's class) is safe to log;
+    the text, which may quote a value hl7apy could not read, goes only into the ACK."""
+
+    def __init__(self, text: str, *, code: str, kind: str, location: str | None = None,
+                 reject: bool = False) -> None:
+        super().__init__(text, code=code, location=location, reject=reject)
+        self.kind = kind
+
+
 def check(text: str) -> None:
-    """Parse `text` (CR-separated) for its declared version; raise `Hl7Error` (AE) if
-    hl7apy refuses it, with hl7apy's reason (names of structures, never values)."""
+    """Parse `text` (CR-separated) for its declared version; raise `SchemaError` (AE, or
+    AR for a version hl7apy does not know) with hl7apy's reason if it refuses it."""
     try:
         parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
     except (InvalidName, ChildNotFound, ChildNotValid, MaxChildLimitReached) as exc:
-        raise Hl7Error(f"schema: {_reason(exc)}", code="100", reject=False) from None
+        raise SchemaError(f"schema: {_reason(exc)}", code="100",
+                          kind=type(exc).__name__) from None
     except UnsupportedVersion as exc:
-        raise Hl7Error(f"schema: {_reason(exc)}", code="203", location="MSH-12") from None
+        raise SchemaError(f"schema: {_reason(exc)}", code="203", location="MSH-12",
+                          kind=type(exc).__name__, reject=True) from None
     except (HL7apyException, ValueError) as exc:
-        raise Hl7Error(f"schema: {_reason(exc)}", code="102", reject=False) from None
+        raise SchemaError(f"schema: {_reason(exc)}", code="102",
+                          kind=type(exc).__name__) from None
     except Exception as exc:  # hl7apy raises bare KeyError/IndexError on odd input
-        raise Hl7Error(f"schema: hl7apy could not parse the message "
-                       f"({type(exc).__name__})", code="102", reject=False) from None
+        raise SchemaError(f"schema: hl7apy could not parse the message "
+                          f"({type(exc).__name__})", code="102",
+                          kind=type(exc).__name__) from None
 
 
 def _reason(exc: Exception) -> str:

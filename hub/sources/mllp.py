@@ -351,9 +351,13 @@ class MllpSource:
 
     def _refuse(self, refused: _Refused, received_at: datetime, ip: str) -> bytes | None:
         header, error = refused.header, refused.error
+        # hl7apy's reasons may quote a value: logged by kind only (the ACK has the text).
+        kind = getattr(error, "kind", None)
+        reason = f"schema check failed ({kind}); the reason is in the ACK" if kind \
+            else error.text
         log.warning("hl7 message refused", source=self.name, remote=ip,
                     ack=ack_code(header, refused.outcome), code=error.code,
-                    location=error.location, reason=error.text)
+                    location=error.location, reason=reason)
         if header is not None and not ack_wanted(header, refused.outcome):
             return None
         ack = build_ack(header, ack_code(header, refused.outcome), at=received_at,

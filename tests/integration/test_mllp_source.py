@@ -441,9 +441,13 @@ async def test_schema_validation_is_opt_in_and_answers_with_hl7apys_reason(start
     oru = CORPUS / "ORU-R01-01.hl7"
     body = oru.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip()
     client = await Client.connect(port)
-    ack = await client.exchange(body)
+    with structlog.testing.capture_logs() as logs:
+        ack = await client.exchange(body)
     assert msa(ack)[1] == "CE"  # MSH-15 = AL: enhanced mode
     assert "Invalid name for Segment: PRT" in msa(ack)[3]
+    assert err(ack)[3].startswith("100^")
+    refused = next(e for e in logs if e["event"] == "hl7 message refused")
+    assert refused["reason"] == "schema check failed (InvalidName); the reason is in the ACK"
     adt = (CORPUS / "ADT-A01-01.hl7").read_bytes().replace(b"\r\n", b"\r") \
         .replace(b"\n", b"\r").strip()
     assert msa(await client.exchange(adt))[1] == "AA"
