@@ -188,3 +188,38 @@ async def test_tls_to_our_own_source(start, tmp_path):
     assert failed.kind == OutcomeKind.RETRY
     assert "CERTIFICATE_VERIFY_FAILED" in failed.detail
     await hub.sources["lab"].stop()
+
+
+async def test_a_reused_connection_closed_before_the_ack_is_resent_on_a_fresh_one():
+    """A peer that answers one message per connection and closes a little later (as
+    hl7apy does when its FIN arrives after our next write): the same MSH-10 is sent
+    again on a new connection, and the delivery succeeds."""
+    seen: list[tuple[int, str]] = []
+    connections = 0
+
+    async def one_per_connection(reader, writer):
+        nonlocal connections
+        connections += 1
+        me = connections
+        frames = FrameReader(1 << 20)
+        answered = False
+        while data := await reader.read(65536):
+            for message in frames.feed(data):
+                control = message.split(b"\r")[0].split(b"|")[9].decode()
+                seen.append((me, control))
+                if not answered:
+                    answered = True
+                    writer.write(frame(b"MSH|^~\\&|P||||2026||ACK|1|P|2.5\rMSA|AA|"
+                                       + control.encode()))
+                    asyncio.get_running_loop().call_later(0.3, writer.close)
+
+    server, port = await serve(one_per_connection)
+    dest = destination(port, connection="persistent")
+    first = await dest.send(delivery(1))
+    await asyncio.sleep(0.05)  # the idle connection still looks open
+    second = await dest.send(delivery(2))
+    await dest.aclose()
+    server.close()
+    assert [first.kind, second.kind] == [OutcomeKind.DELIVERED] * 2
+    assert [c for _, c in seen][1] == [c for _, c in seen][2]  # the same MSH-10 again
+    assert [n for n, _ in seen] == [1, 1, 2]
