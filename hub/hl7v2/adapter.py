@@ -304,6 +304,18 @@ class _Message:
         assigner = namespace or universal or None
         return Identifier(value, system, type_code, assigner)
 
+    def order_number(self, rep: Rep) -> Identifier:
+        """An order number (EI: entity id^namespace^universal id^universal id type)."""
+        value, namespace, universal, utype = (component(rep, 1), component(rep, 2),
+                                              component(rep, 3), component(rep, 4).upper())
+        if universal and utype == "ISO":
+            system = f"urn:oid:{universal}"
+        elif namespace or universal:
+            system = f"urn:tryggbro:hl7v2:{self.a.source}:order:{_uri_part(namespace or universal)}"
+        else:
+            system = f"urn:tryggbro:hl7v2:{self.a.source}:order"
+        return Identifier(value, system, None, namespace or universal or None)
+
     def patient(self, pid: Segment) -> PatientDetails:
         identifiers = []
         for i, rep in enumerate(pid.reps(3), start=1):
@@ -381,8 +393,9 @@ class _Message:
             status = "finished"
         else:
             status = "in-progress"
-        location = " ".join(p for p in (component(pv1.rep(3), 1), component(pv1.rep(3), 2),
-                                        component(pv1.rep(3), 3)) if p) or None
+        loc = pv1.rep(3)  # PL: point of care^room^bed^facility^…^description (PL-9)
+        location = component(loc, 9) or " ".join(
+            p for p in (component(loc, 1), component(loc, 2), component(loc, 3)) if p) or None
         disposition = pv1.comp(36) or None
         return Visit(encounter_class, status, number, start, end, location, disposition,
                      self.a.options.hospital)
@@ -535,8 +548,8 @@ class _Message:
         enrolment = self.enrolment(patient, device.id)
         events = []
         for g, (obr, obxs) in enumerate(self.groups(), start=1):
-            placer = self.identifier(obr.rep(2), "OBR-2") if obr.comp(2) else None
-            filler = self.identifier(obr.rep(3), "OBR-3") if obr.comp(3) else None
+            placer = self.order_number(obr.rep(2)) if obr.comp(2) else None
+            filler = self.order_number(obr.rep(3)) if obr.comp(3) else None
             order = filler or placer
             if order is None:
                 raise Hl7Error(f"OBR[{g}]: neither OBR-3 filler nor OBR-2 placer order "
@@ -586,11 +599,13 @@ class _Message:
                                "MDC (code^MDC_REFID^MDC)", code="103", location="OBX-3",
                                reject=False)
             vtype = obx.comp(2).upper()
-            if not obx.reps(5) and vtype in ("", "CWE", "CE", "ST"):
-                continue  # device hierarchy (MDS/VMD/channel): context, not a reading
             try:
                 mtype = table.by_mdc(code)
             except HubError as exc:
+                if not obx.reps(5):
+                    # The device hierarchy (MDS, VMD, channel) and device settings without
+                    # a value: context for the readings below them, not a reading.
+                    continue
                 raise Hl7Error(f"{where} OBX-3: {exc}", code="103", location="OBX-3",
                                reject=False) from None
             device_id = component(obx.rep(18), 1) or message_device
