@@ -51,7 +51,7 @@ CLASS_DISPLAY = {"IMP": "inpatient encounter", "AMB": "ambulatory", "EMER": "eme
 TIMES = ("DT", "DTM", "TS")
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def hub_map_event(event: Event, context: MapContext) -> list[dict[str, Any]] | None:
     if event.adt is not None and event.patient is not None:
         return adt_resources(event, context)

@@ -45,6 +45,9 @@ def municipality(tmp_path):
     (event(Category.DOOR_LOCK, kind="unlocked.no_staff"), BERGEN, None),
     (event(Category.LOCATION, kind="position_update"), BERGEN, None),
     (event(Category.DEVICE_HEALTH, kind="heartbeat"), None, None),
+    (event(Category.PATIENT_ADMINISTRATION, kind="adt.discharge"), BERGEN, ("home-care", "ehr")),
+    (event(Category.PATIENT_ADMINISTRATION, kind="adt.admit"), BERGEN, ("ehr",)),
+    (event(Category.LABORATORY, kind="lab.result"), BERGEN, ("ehr",)),
 ])
 def test_the_municipality_example_routes_each_category(municipality, ev, enrolment, expected):
     decision = evaluate(municipality.rules, ev, enrolment)
