@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hub import hookimpl
 from hub.contracts import AdapterSetup, IntakeRequest, RegisterAdapter
+from hub.domain.ids import order_key
 from hub.domain.model import (
     AdtAction,
     AdtDetails,
@@ -439,7 +440,8 @@ class _Message:
                                code="101", location="MRG-1", reject=False)
         device = self.sender()
         enrolment = self.enrolment(patient, device.id)
-        pkey = f"patient|{enrolment.patient.system}|{enrolment.patient.value}"
+        # The patient part of a key is pseudonymous: business keys are stored in clear.
+        pkey = f"patient|{order_key(enrolment.patient)}"
         visit = None
         pv1 = self.maybe("PV1")
         if pv1 is not None and action not in (AdtAction.ADD_PERSON, AdtAction.UPDATE_PERSON,
