@@ -95,7 +95,7 @@ class Edi2Settings(Edi2ClientSettings):
     receiver: PartySettings
     receipt_deadline_hours: float = Field(72.0, gt=0, description="an AppRec not received "
                                           "by then raises an alert (default 3 days)")
-    subject: str = Field("Varsel fra velferdsteknologi", min_length=1, max_length=200)
+    subject: str = Field("Varsel fra velferdsteknologi", min_length=1, max_length=500)
     contact_name: str | None = None
     contact_phone: str | None = None
     xsd_dir: Path | None = Field(None, description="folder with the official XSDs to "

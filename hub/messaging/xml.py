@@ -349,6 +349,10 @@ def _read_msghead(root: Any) -> InboundMessage:
             texts.extend(t for t in [_text(notat.find(f"{{{dn}}}TekstNotatInnhold"))] if t)
         for question in content_root.iter(f"{{{dn}}}Foresporsel"):
             texts.extend(t for t in [_text(question.find(f"{{{dn}}}Sporsmal"))] if t)
+    elif content_root is not None and content_ns == PLO_HELSEOPPLYSNINGER_LEGE_NS:
+        subject = _text(content_root.find(f".//{{{PO_KOMPONENT_NS}}}Overskrift"))
+        texts.extend(t for t in (_text(e) for e in content_root.iter(
+            f"{{{PO_KOMPONENT_NS}}}Merknad")) if t)
     id_type = (_find(patient_ident, "m:TypeId", ns) if patient_ident is not None else None)
     return InboundMessage(
         msg_type=msg_type, msg_id=msg_id, generated_at=_text(_find(info, "m:GenDate", ns)),

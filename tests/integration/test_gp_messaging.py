@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -78,7 +79,7 @@ def gp_delivery(hub, message_id):
 
 
 def ehr_resources(ehr):
-    found = []
+    found: list[dict[str, Any]] = []
     for request in ehr.requests():
         found.extend(e["resource"] for e in json.loads(request.body).get("entry", []))
     return found
@@ -115,7 +116,8 @@ async def test_alert_goes_to_the_gp_and_apprecs_settle_it(tmp_path, edi, ehr):
                           version="1.0")
             dead = await wait_until(lambda: (d := gp_delivery(hub, second))["state"] == "dead"
                                     and d, what="dead letter after AppRec 2")
-            assert "E35" in dead["last_error"] and "rejected by the receiver" in dead["last_error"]
+            assert "E35" in dead["last_error"]
+            assert "rejected by the receiver" in dead["last_error"]
             assert dead["escalated"] is True
             assert dead["attempt_log"][-1]["outcome"] == "receipt:rejected"
 
@@ -174,7 +176,8 @@ async def test_missing_apprec_past_its_deadline_raises_an_alert(tmp_path, edi, e
                 lambda: [r for r in ehr_resources(ehr) if r["resourceType"] == "DetectedIssue"],
                 timeout=20, what="overdue alert at the EHR")
             (issue,) = issues
-            assert "Ingen kvittering" in issue["detail"] and sent.msg_id in issue["detail"]
+            assert "Ingen kvittering" in issue["detail"]
+            assert sent.msg_id in issue["detail"]
             assert issue["code"]["coding"][0]["code"] == "3"
             assert hub.repo.status().receipts_overdue == {"gp": 1}
             assert gp_delivery(hub, first)["state"] == "awaiting_receipt"

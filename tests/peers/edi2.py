@@ -159,7 +159,8 @@ class Edi2Peer:
                            "in Adresseregisteret")
         type_el = info.find(f"{{{MSGHEAD}}}Type")
         message = PeerMessage(
-            id=str(uuid.uuid4()), sender_her_id=sender_her or "", receiver_her_id=receiver_her or "",
+            id=str(uuid.uuid4()), sender_her_id=sender_her or "",
+            receiver_her_id=receiver_her or "",
             document=document, is_apprec=False,
             msg_id=(info.findtext(f"{{{MSGHEAD}}}MsgId") or "").strip(),
             msg_type=type_el.get("V") if type_el is not None else None,
