@@ -118,7 +118,14 @@ class Edi2Inbox:
                 message_id = str(item.get("id") or "")
                 if not message_id:
                     continue
-                await self._take(message_id, str(item.get("receiverHerId") or her_id))
+                try:
+                    await self._take(message_id, str(item.get("receiverHerId") or her_id))
+                except Edi2Error as exc:
+                    # EDI 2.0 refused a call about this message: the others still go on;
+                    # this one stays unread and is tried again next poll.
+                    log.warning("EDI 2.0 message not taken; trying again next poll",
+                                source=self.name, edi_message_id=message_id, reason=str(exc))
+                    continue
                 taken += 1
         return taken
 

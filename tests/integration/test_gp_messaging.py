@@ -225,6 +225,6 @@ async def test_a_hostile_inbound_document_is_journaled_rejected_and_loses_nothin
                 lambda: [m for m in hub.repo.search_messages(source="gpinbox")
                          if m["state"] == "failed"], what="held message")
             assert "DOCTYPE" in held[0]["reason"]
-            assert edi.is_read(bad)
+            await wait_until(lambda: edi.is_read(bad), what="marked read after the AppRec")
     finally:
         hub.close()
