@@ -425,6 +425,9 @@ class Event:
     measurement: Measurement | None = None
     access: DoorAccess | None = None
     position: Position | None = None  # where it happened (GPS), alongside any of the above
+    # A receipt or an answer about something the hub sent (an AppRec, a GP's reply):
+    # processing settles or follows up the delivery it names instead of routing anew.
+    receipt: Receipt | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     # Hospital messages (HL7 v2): who the message names, the visit, the ADT action or the
     # lab report. They name their patient themselves, so the adapter sets `enrolment`
@@ -438,6 +441,26 @@ class Event:
     @property
     def effective_priority(self) -> int:
         return self.priority if self.priority is not None else int(DEFAULT_PRIORITY[self.category])
+
+
+class ReceiptStatus(enum.StrEnum):
+    """What a receipt says about a delivery that awaits one."""
+
+    DELIVERED = "delivered"  # e.g. AppRec 1 (OK)
+    PARTIAL = "partial"  # e.g. AppRec 3 (OK, errors in part): delivered, errors recorded
+    REJECTED = "rejected"  # e.g. AppRec 2 (Avvist): dead letter, final
+    ANSWER = "answer"  # a reply to what was sent (a GP's Dialogmelding): settles nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Names the delivery a receipt or answer is about, by its correlation id (the id
+    the destination gave the message: an EDI MsgId, a JFT $status handle)."""
+
+    correlation_id: str
+    status: ReceiptStatus
+    detail: str  # coded reasons only (AppRec 8221 codes): shown to operators and logged
+    destination: str | None = None  # None: any destination awaiting this correlation id
 
 
 class LegalBasisKind(enum.StrEnum):
@@ -497,6 +520,7 @@ REPROCESSABLE_STATES = frozenset(
 class EventState(enum.StrEnum):
     ROUTED = "routed"
     FILTERED = "filtered"
+    RECEIPT = "receipt"  # settled a delivery of ours (an AppRec): nothing new to route
 
 
 class DeliveryState(enum.StrEnum):
@@ -506,6 +530,9 @@ class DeliveryState(enum.StrEnum):
     LEASED = "leased"  # a dispatcher holds it until lease_until
     DELIVERED = "delivered"
     DEAD = "dead"  # rejected or given up: kept until an operator acts
+    # Accepted by the transport; a later receipt (AppRec, $status) settles it. It holds
+    # no lease and does not block its order key; past its deadline the monitor alerts.
+    AWAITING_RECEIPT = "awaiting_receipt"
 
 
 class OutcomeKind(enum.StrEnum):
@@ -513,6 +540,7 @@ class OutcomeKind(enum.StrEnum):
     RETRY = "retry"  # transient: back off, try again
     REJECTED = "rejected"  # permanent for this payload: dead letter
     PAUSE = "pause"  # the destination is misconfigured or refuses us: hold all its work
+    AWAITING = "awaiting"  # accepted by the transport: a receipt will settle it later
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,6 +551,8 @@ class Outcome:
     detail: str
     status_code: int | None = None
     retry_after: float | None = None  # seconds, from Retry-After
+    correlation_id: str | None = None  # AWAITING: what the receipt will name
+    deadline: datetime | None = None  # AWAITING: no receipt by then raises an alert
 
     @classmethod
     def delivered(cls, detail: str = "delivered", status_code: int | None = None) -> Outcome:
@@ -543,6 +573,12 @@ class Outcome:
         cls, detail: str, status_code: int | None = None, retry_after: float | None = None
     ) -> Outcome:
         return cls(OutcomeKind.PAUSE, detail, status_code, retry_after)
+
+    @classmethod
+    def awaiting(cls, detail: str, correlation_id: str, deadline: datetime,
+                 status_code: int | None = None) -> Outcome:
+        """Accepted by the transport; a receipt naming `correlation_id` settles it."""
+        return cls(OutcomeKind.AWAITING, detail, status_code, None, correlation_id, deadline)
 
 
 @dataclass(frozen=True, slots=True)
