@@ -207,12 +207,16 @@ def status(state: State, as_json: bool) -> None:
     for dest in sorted(set(hub.config.destinations) | set(report.deliveries)):
         per = report.deliveries.get(dest, {})
         oldest = report.oldest_pending_seconds.get(dest)
-        rows.append((dest, per.get("pending", 0), per.get("leased", 0), per.get("delivered", 0),
+        awaiting = per.get("awaiting_receipt", 0)
+        overdue = report.receipts_overdue.get(dest, 0)
+        rows.append((dest, per.get("pending", 0), per.get("leased", 0),
+                     f"{awaiting} ({overdue} overdue)" if overdue else awaiting,
+                     per.get("delivered", 0),
                      per.get("dead", 0), f"{oldest:.1f} s" if oldest is not None else "-",
                      report.escalated.get(dest, 0),
                      "paused" if dest in report.paused else ""))
-    click.echo(_table(rows, ("  destination", "pending", "leased", "delivered", "dead",
-                             "oldest pending", "escalated", "")))
+    click.echo(_table(rows, ("  destination", "pending", "leased", "awaiting receipt",
+                             "delivered", "dead", "oldest pending", "escalated", "")))
     for dest, info in report.paused.items():
         click.echo(f"  {dest} paused until {_when(info['until'])}: {info['reason']}")
 
@@ -294,8 +298,12 @@ def show(state: State, message_id: int, as_json: bool, body: bool, fhir: bool) -
         click.echo(f"  delivery {d['id']} -> {d['destination']}: {d['state']} "
                    f"(attempts {d['attempts']}, priority {d['priority']}"
                    f"{', escalated' if d['escalated'] else ''})")
-        if d["last_error"] and d["state"] != "delivered":
-            click.echo(f"    last error: {d['last_error']}")
+        if d.get("correlation_id"):
+            click.echo(f"    correlation id {d['correlation_id']}, receipt due by "
+                       f"{_when(d['receipt_deadline'])}")
+        if d["last_error"]:
+            label = "last error" if d["state"] != "delivered" else "receipt errors"
+            click.echo(f"    {label}: {d['last_error']}")
         for a in d["attempt_log"]:
             code = f" HTTP {a['status_code']}" if a["status_code"] else ""
             click.echo(f"    attempt {a['number']} {_when(a['started_at'])} {a['outcome']}{code}"

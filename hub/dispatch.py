@@ -143,6 +143,10 @@ class Dispatcher:
                 detail=outcome.detail, retry_after=outcome.retry_after, new_state=t.state,
                 not_before=t.not_before, error=t.error, escalate=t.escalate,
                 pause_until=t.pause_destination_until,
+                correlation_id=outcome.correlation_id
+                if t.state is DeliveryState.AWAITING_RECEIPT else None,
+                receipt_deadline=t.not_before
+                if t.state is DeliveryState.AWAITING_RECEIPT else None,
             ))
         lost = set(await asyncio.to_thread(self.repo.record_attempts, self.worker, self.name,
                                            records))
@@ -162,6 +166,10 @@ class Dispatcher:
                         outcome=outcome.kind.value)
         elif r.new_state is DeliveryState.DELIVERED:
             log.info("delivered", attempt=c.attempt, status=outcome.status_code)
+        elif r.new_state is DeliveryState.AWAITING_RECEIPT:
+            log.info("accepted; awaiting receipt", attempt=c.attempt,
+                     status=outcome.status_code, correlation_id=outcome.correlation_id,
+                     deadline=r.not_before)
         elif r.new_state is DeliveryState.DEAD:
             log.error("dead letter: kept until an operator acts", attempt=c.attempt,
                       status=outcome.status_code, reason=outcome.detail,

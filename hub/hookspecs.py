@@ -158,7 +158,8 @@ def hub_delivery_outcome(
     :param delivery_id: the delivery's id (see ``tryggbro show``).
     :param destination: the destination's configured name.
     :param outcome: what the destination answered.
-    :param state: the delivery's new state (``delivered``, ``pending``, ``dead``).
+    :param state: the delivery's new state (``delivered``, ``pending``, ``dead``,
+        ``awaiting_receipt``).
     :param alarm: whether the delivery carries an alarm.
 
     For alerting and audit. Must be quick and must not raise; errors are logged and

@@ -1,4 +1,5 @@
-"""Scheduled checks: devices out of contact, and DHO measurements that did not arrive.
+"""Scheduled checks: devices out of contact, DHO measurements that did not arrive, and
+receipts (AppRec, $status) that did not come by their deadline.
 
 Silence produces no message, so the hub makes one. Each finding is journaled through
 the same intake as vendor messages, on the internal source `tryggbro-monitor`, and the
@@ -36,6 +37,11 @@ DEVICE_TYPES_TABLE = "device-types"
 NO_CONTACT = "no_contact"
 MEASUREMENT_MISSING = "measurement_missing"
 MISSING_MEASUREMENT_CODE = "5.3.2"  # vkp-alert-code: måling ikke rapportert
+RECEIPT_OVERDUE = "receipt_overdue"
+# A missing receipt is about the area of what was sent: the top-level vkp-alert-code.
+AREA_CODES = {Category.MEDICATION: "1", Category.LOCATION: "2", Category.SAFETY_ALARM: "3",
+              Category.SUPERVISION: "4", Category.HOME_FOLLOW_UP: "5",
+              Category.DOOR_LOCK: "6", Category.NURSE_CALL: "7"}
 
 
 class DeviceTypes:
@@ -92,6 +98,18 @@ class MonitorAdapter:
                        f"{finding['measurement_type']}",
                 extra={"measurement_type": finding["measurement_type"]},
             )]
+        if finding["check"] == RECEIPT_OVERDUE:
+            category = Category(finding["category"])
+            return [Event(
+                source=finding["source"], business_key=message.dedup_key,
+                kind=RECEIPT_OVERDUE, category=category, occurred_at=at, device=device,
+                code=AREA_CODES.get(category), severity="moderate",
+                detail=f"Ingen kvittering (no receipt) from {finding['destination']} by "
+                       f"{finding['deadline']} for message {finding['correlation_id']}",
+                extra={"destination": finding["destination"],
+                       "correlation_id": finding["correlation_id"],
+                       "delivery_id": finding["delivery_id"]},
+            )]
         raise ValueError(f"unknown monitor check {finding['check']!r}")
 
 
@@ -146,6 +164,17 @@ class Monitor:
                                     miss.since, now)
             log.warning("measurement missing", source=e.source, device=e.device_id,
                         measurement=miss.type)
+            found += 1
+        for late in await asyncio.to_thread(self.repo.overdue_receipts, now):
+            await self.submit(_finding(
+                f"receipt-overdue|{late.destination}|{late.correlation_id}",
+                {"check": RECEIPT_OVERDUE, "source": late.source, "device_id": late.device_id,
+                 "category": late.category, "destination": late.destination,
+                 "correlation_id": late.correlation_id, "delivery_id": late.delivery_id,
+                 "deadline": late.deadline.isoformat(), "checked_at": now.isoformat()}, now))
+            await asyncio.to_thread(self.repo.mark_receipt_alerted, late.delivery_id, now)
+            log.warning("receipt overdue", destination=late.destination,
+                        delivery_id=late.delivery_id, correlation_id=late.correlation_id)
             found += 1
         return found
 

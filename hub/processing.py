@@ -21,7 +21,17 @@ from typing import Any
 
 from hub.contracts import Adapter, EnrichContext, MapContext, RouteContext
 from hub.domain.ids import bundle_id, order_key
-from hub.domain.model import Enrolment, Event, EventState, MessageState, StoredMessage
+from hub.domain.model import (
+    Category,
+    DeliveryState,
+    DeviceRef,
+    Enrolment,
+    Event,
+    EventState,
+    MessageState,
+    ReceiptStatus,
+    StoredMessage,
+)
 from hub.domain.privacy import safe_error_text
 from hub.domain.routing import RouteAction, RouteDecision, RouteRule
 from hub.errors import HubError, ValidationFailure
@@ -34,6 +44,7 @@ from hub.monitor import MONITOR_SOURCE
 from hub.store.repository import (
     DeviceRecord,
     MessageOutcome,
+    Origin,
     PlannedDelivery,
     PlannedEvent,
     Repository,
@@ -65,10 +76,12 @@ class BatchLookups:
     """
 
     def __init__(self, repo: Repository, devices: dict[tuple[str, str], DeviceRecord],
-                 snapshots: dict[tuple[str, str], datetime]) -> None:
+                 snapshots: dict[tuple[str, str], datetime],
+                 origins: dict[str, Origin] | None = None) -> None:
         self.repo = repo
         self.devices = devices
         self.snapshots = snapshots
+        self.origins = origins or {}
 
     def lookup_device(self, source: str, device_id: str, at: datetime) -> Enrolment | None:
         key = (source, device_id)
@@ -122,11 +135,17 @@ class Pipeline:
                 except MessageFailed as exc:
                     parsed.append((msg, MessageOutcome(msg.id, MessageState.FAILED, str(exc))))
         events = [ev for _, result in parsed if isinstance(result, list) for ev in result]
+        receipts = {ev.receipt.correlation_id for ev in events if ev.receipt is not None}
+        origins = self.repo.origins(receipts) if receipts else {}
+        # An answer is about the patient of what it answers: it is enriched as that.
+        keys = {(ev.source, ev.device.id) for ev in events}
+        keys |= {(o.source, o.device_id) for o in origins.values()}
         batch = BatchLookups(
             self.repo,
-            self.repo.devices_for({(ev.source, ev.device.id) for ev in events}),
+            self.repo.devices_for(keys),
             self.repo.newest_snapshots({(ev.source, ev.business_key) for ev in events
                                         if ev.snapshot}),
+            origins,
         )
         outcomes = []
         for msg, result in parsed:
@@ -151,7 +170,7 @@ class Pipeline:
             return MessageOutcome(msg.id, MessageState.FAILED, str(exc), seen=seen)
         if not planned:
             return MessageOutcome(msg.id, MessageState.FILTERED, "the adapter found no events")
-        if any(p.state is EventState.ROUTED for p in planned):
+        if any(p.state in (EventState.ROUTED, EventState.RECEIPT) for p in planned):
             return MessageOutcome(msg.id, MessageState.PROCESSED, None, planned, seen, measured)
         rules = sorted({p.filtered_by or "" for p in planned})
         return MessageOutcome(msg.id, MessageState.FILTERED, "filtered by " + ", ".join(rules),
@@ -172,6 +191,10 @@ class Pipeline:
 
     def _plan(self, msg: StoredMessage, seq: int, event: Event, batch: BatchLookups,
               measured: list[tuple[str, str, str, datetime]]) -> PlannedEvent:
+        if event.receipt is not None:
+            event, settled = self._correlate(event, seq, batch)
+            if settled is not None:
+                return settled
         enrolment = self._enrich(msg, event, batch)
         if enrolment is not None and event.measurement is not None:
             event = self._assess_measurement(event, enrolment)
@@ -215,7 +238,49 @@ class Pipeline:
             base, priority=priority, state=EventState.ROUTED, bundle_id=bid,
             payload=json.dumps(bundle, ensure_ascii=False, separators=(",", ":")),
             deliveries=[PlannedDelivery(d, priority, okey) for d in decision.destinations],
+            receipt=event.receipt,
         )
+
+    def _correlate(self, event: Event, seq: int, batch: BatchLookups
+                   ) -> tuple[Event, PlannedEvent | None]:
+        """A receipt or answer names something we sent: find it.
+
+        A receipt (AppRec) settles that delivery in this message's transaction and is
+        not routed. An answer becomes an event about the same patient and device as
+        what it answers (so it is enriched, routed and mapped like any event), with
+        `extra["about"]` naming the resources that were sent.
+        """
+        receipt = event.receipt
+        assert receipt is not None
+        origin = batch.origins.get(receipt.correlation_id)
+        if origin is None or (receipt.destination and origin.destination != receipt.destination):
+            to = f" to {receipt.destination}" if receipt.destination else ""
+            raise MessageFailed(
+                "correlate", f"no delivery{to} was sent with id {receipt.correlation_id}; the "
+                f"{event.kind} cannot be matched (reprocess it once the delivery exists)")
+        category = Category(origin.category)
+        if receipt.status is not ReceiptStatus.ANSWER:
+            if origin.state not in (DeliveryState.AWAITING_RECEIPT.value,
+                                    DeliveryState.DELIVERED.value, DeliveryState.DEAD.value):
+                raise MessageFailed(
+                    "correlate", f"delivery {origin.delivery_id} is {origin.state}, not awaiting "
+                    "a receipt (it was re-sent); reprocess this receipt once it is")
+            summary = {**_summary(event), "receipt": receipt.status.value,
+                       "delivery": origin.delivery_id}
+            return event, PlannedEvent(
+                seq=seq, source=event.source, business_key=event.business_key, kind=event.kind,
+                category=str(category), code=event.code, device_id=origin.device_id,
+                occurred_at=event.occurred_at, priority=event.effective_priority,
+                snapshot=False, state=EventState.RECEIPT, summary=summary,
+                receipt=replace(receipt, destination=origin.destination),
+            )
+        answered = replace(
+            event, source=origin.source, category=category,
+            device=DeviceRef(origin.device_id), receipt=replace(receipt,
+                                                                 destination=origin.destination),
+            extra={**event.extra, "about": list(origin.references),
+                   "answered_destination": origin.destination})
+        return answered, None
 
     def _enrich(self, msg: StoredMessage, event: Event, batch: BatchLookups) -> Enrolment | None:
         context = EnrichContext(msg.id, batch.lookup_device)

@@ -216,6 +216,10 @@ def parse_enrolment(record: Mapping[str, Any], *, device_types: Iterable[str],
         except ValueError:
             problems.append(f"legal_basis: {basis_text!r} is not consent or vedtak")
         else:
+            if kind is LegalBasisKind.AGREEMENT:
+                problems.append("legal_basis: agreement (samarbeidsavtale) is the basis for "
+                                "a hospital's messages (an HL7 v2 source's options), not for "
+                                "a device enrolment; use consent or vedtak")
             if kind is LegalBasisKind.VEDTAK and not basis_ref:
                 problems.append("legal_basis_ref: required for a vedtak (the decision's "
                                 "case reference)")

@@ -72,6 +72,9 @@ class HubCollector(Collector):
         paused = GaugeMetricFamily("tryggbro_destination_paused",
                                    "1 while a destination is paused after refusing us",
                                    labels=["destination"])
+        overdue = GaugeMetricFamily("tryggbro_receipts_overdue",
+                                    "Deliveries awaiting a receipt (AppRec) past its deadline",
+                                    labels=["destination"])
         for name in sorted(set(self.hub.config.destinations) | set(report.deliveries)):
             per_state = report.deliveries.get(name, {})
             for state in DeliveryState:
@@ -79,7 +82,9 @@ class HubCollector(Collector):
             oldest.add_metric([name], report.oldest_pending_seconds.get(name, 0.0))
             escalated.add_metric([name], report.escalated.get(name, 0))
             paused.add_metric([name], 1 if name in report.paused else 0)
+            overdue.add_metric([name], report.receipts_overdue.get(name, 0))
         yield deliveries
+        yield overdue
         yield oldest
         yield escalated
         yield paused

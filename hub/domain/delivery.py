@@ -61,6 +61,11 @@ def next_transition(
     """Decide the delivery's next state from one attempt's outcome."""
     if outcome.kind is OutcomeKind.DELIVERED:
         return Transition(DeliveryState.DELIVERED, now, None)
+    if outcome.kind is OutcomeKind.AWAITING:
+        if outcome.correlation_id is None or outcome.deadline is None:
+            return Transition(DeliveryState.PENDING, now + timedelta(seconds=policy.base_seconds),
+                              "awaiting outcome without correlation id or deadline")
+        return Transition(DeliveryState.AWAITING_RECEIPT, outcome.deadline, None)
     if outcome.kind is OutcomeKind.REJECTED:
         return Transition(DeliveryState.DEAD, now, outcome.detail, escalate=alarm)
     if outcome.kind is OutcomeKind.PAUSE:

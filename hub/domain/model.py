@@ -25,6 +25,9 @@ class Category(enum.StrEnum):
     DOOR_LOCK = "door_lock"  # 6
     NURSE_CALL = "nurse_call"  # 7 sykesignalanlegg
     DEVICE_HEALTH = "device_health"  # heartbeats, tests, batteries: never journaled
+    # Hospital messages (HL7 v2) about the municipality's patients: not vkp-alert-codes.
+    PATIENT_ADMINISTRATION = "patient_administration"  # ADT: admissions, discharges, merges
+    LABORATORY = "laboratory"  # lab results (ORU^R01)
 
 
 class Priority(enum.IntEnum):
@@ -44,6 +47,8 @@ DEFAULT_PRIORITY: Mapping[Category, Priority] = {
     Category.DOOR_LOCK: Priority.NORMAL,
     Category.HOME_FOLLOW_UP: Priority.NORMAL,
     Category.DEVICE_HEALTH: Priority.LOW,
+    Category.PATIENT_ADMINISTRATION: Priority.NORMAL,
+    Category.LABORATORY: Priority.NORMAL,
 }
 
 
@@ -91,6 +96,12 @@ class PersonId:
 
     An H-number (FHN, a temporary number) is only unique within its issuer: `assigner`
     names the issuing organisation (org.nr) and is required for it.
+
+    A hospital message (HL7 v2) that names its patient only by the hospital's own record
+    number gives a *local* id: `system` is the assigning authority's identifier system
+    (never a no-basis person OID) and `assigner` its name. Local ids are accepted only on
+    message-borne enrolments and only in resources that claim no VKP profile
+    (docs/hl7v2.md "Who the patient is").
     """
 
     system: str
@@ -259,6 +270,133 @@ class AlarmDetails:
     digital: bool = False  # handled by digital supervision: vkp-digital-Encounter (class VR)
 
 
+# --- HL7 v2 details (hospital ADT and lab messages; docs/hl7v2.md) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """An identifier as a message carries it (HL7 v2 CX): personal data, never logged.
+
+    `system` is the identifier system URI (a no-basis OID for national ids, the assigning
+    authority's OID or a hub URI otherwise); `type` an HL7 table 0203 code (MR, PI, FNR,
+    VN…); `assigner` the assigning authority as the sender names it.
+    """
+
+    value: str
+    system: str | None = None
+    type: str | None = None
+    assigner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonName:
+    family: str | None = None
+    given: tuple[str, ...] = ()
+    prefix: tuple[str, ...] = ()
+    suffix: tuple[str, ...] = ()
+    use: str | None = None  # FHIR name-use (official, usual, maiden, nickname…)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientDetails:
+    """Who a hospital message is about (PID): personal data, never logged."""
+
+    identifiers: tuple[Identifier, ...]
+    names: tuple[PersonName, ...] = ()
+    birth_date: str | None = None  # FHIR date: YYYY, YYYY-MM or YYYY-MM-DD
+    gender: str | None = None  # FHIR administrative-gender
+    deceased: bool | None = None
+    deceased_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """A hospital stay or visit (PV1), as FHIR Encounter terms."""
+
+    encounter_class: str  # v3-ActCode: IMP, AMB, EMER, PRENC, …
+    status: str  # FHIR Encounter.status
+    visit_number: Identifier | None = None  # PV1-19
+    start: datetime | None = None  # PV1-44
+    end: datetime | None = None  # PV1-45
+    location: str | None = None  # PV1-3 point of care/room/bed as text
+    discharge_disposition: str | None = None  # PV1-36 code (HL7 table 0112)
+    facility: str | None = None  # organisation number of the hospital, when configured
+
+
+class AdtAction(enum.StrEnum):
+    """What an ADT trigger event does to the patient's record."""
+
+    ADMIT = "admit"  # A01
+    TRANSFER = "transfer"  # A02
+    DISCHARGE = "discharge"  # A03
+    REGISTER = "register"  # A04 outpatient registration
+    UPDATE = "update"  # A08 update patient information
+    CANCEL_ADMIT = "cancel_admit"  # A11
+    CANCEL_DISCHARGE = "cancel_discharge"  # A13
+    ADD_PERSON = "add_person"  # A28
+    UPDATE_PERSON = "update_person"  # A31
+    MERGE = "merge"  # A40 merge patient: MRG-1 prior identifiers
+
+
+@dataclass(frozen=True, slots=True)
+class AdtDetails:
+    trigger: str  # MSH-9.2 / EVN-1, e.g. A01
+    action: AdtAction
+    recorded_at: datetime | None = None  # EVN-2
+    prior_identifiers: tuple[Identifier, ...] = ()  # A40: MRG-1, the merged-away record
+
+
+@dataclass(frozen=True, slots=True)
+class CodedValue:
+    """A code with its system URI (LOINC, SNOMED CT, v2 tables) or the sender's local
+    system name when no URI is known."""
+
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceRange:
+    low: Decimal | None = None
+    high: Decimal | None = None
+    text: str | None = None  # as sent (OBX-7)
+
+
+@dataclass(frozen=True, slots=True)
+class LabResult:
+    """One OBX of a lab report. Exactly one of the value fields is set, or none when the
+    result has no value (cancelled, pending)."""
+
+    result_id: str  # unique within the report: OBX-4 sub-id or OBX-1 set id
+    code: CodedValue
+    status: str  # FHIR Observation.status (from OBX-11)
+    value_type: str  # OBX-2: NM, SN, ST, TX, FT, CE, CWE …
+    number: Decimal | None = None  # NM, SN with a plain number
+    comparator: str | None = None  # SN: <, <=, >=, >
+    unit: str | None = None  # UCUM code when known (OBX-6 UCUM or table), else None
+    unit_text: str | None = None  # the unit as sent (OBX-6.1/2)
+    text: str | None = None  # ST/TX/FT: free text, personal data, never logged
+    coded: CodedValue | None = None  # CE/CWE
+    reference_range: ReferenceRange | None = None
+    interpretation: tuple[str, ...] = ()  # HL7 table 0078 = v3-ObservationInterpretation
+    effective_at: datetime | None = None  # OBX-14
+
+
+@dataclass(frozen=True, slots=True)
+class LabReport:
+    """A lab result report (ORU^R01 OBR with its OBXs)."""
+
+    report_id: str  # the filler order number, else the placer's
+    code: CodedValue  # OBR-4 universal service id
+    status: str  # FHIR DiagnosticReport.status (from OBR-25)
+    placer_order: Identifier | None = None  # OBR-2
+    filler_order: Identifier | None = None  # OBR-3
+    effective_at: datetime | None = None  # OBR-7
+    issued: datetime | None = None  # OBR-22
+    results: tuple[LabResult, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One canonical event parsed from a message.
@@ -287,16 +425,51 @@ class Event:
     measurement: Measurement | None = None
     access: DoorAccess | None = None
     position: Position | None = None  # where it happened (GPS), alongside any of the above
+    # A receipt or an answer about something the hub sent (an AppRec, a GP's reply):
+    # processing settles or follows up the delivery it names instead of routing anew.
+    receipt: Receipt | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Hospital messages (HL7 v2): who the message names, the visit, the ADT action or the
+    # lab report. They name their patient themselves, so the adapter sets `enrolment`
+    # (the patient under the source's cooperation agreement) instead of a device lookup.
+    patient: PatientDetails | None = None
+    visit: Visit | None = None
+    adt: AdtDetails | None = None
+    lab: LabReport | None = None
+    enrolment: Enrolment | None = None
 
     @property
     def effective_priority(self) -> int:
         return self.priority if self.priority is not None else int(DEFAULT_PRIORITY[self.category])
 
 
+class ReceiptStatus(enum.StrEnum):
+    """What a receipt says about a delivery that awaits one."""
+
+    DELIVERED = "delivered"  # e.g. AppRec 1 (OK)
+    PARTIAL = "partial"  # e.g. AppRec 3 (OK, errors in part): delivered, errors recorded
+    REJECTED = "rejected"  # e.g. AppRec 2 (Avvist): dead letter, final
+    ANSWER = "answer"  # a reply to what was sent (a GP's Dialogmelding): settles nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Names the delivery a receipt or answer is about, by its correlation id (the id
+    the destination gave the message: an EDI MsgId, a JFT $status handle)."""
+
+    correlation_id: str
+    status: ReceiptStatus
+    detail: str  # coded reasons only (AppRec 8221 codes): shown to operators and logged
+    destination: str | None = None  # None: any destination awaiting this correlation id
+
+
 class LegalBasisKind(enum.StrEnum):
     CONSENT = "consent"  # samtykke
     VEDTAK = "vedtak"  # an administrative decision, with its case reference
+    # The cooperation agreement (samarbeidsavtale) between the municipality and the health
+    # trust, under which the hospital sends it messages about shared patients; reference
+    # required. Only for message-borne enrolments (HL7 v2), never for a device.
+    AGREEMENT = "agreement"
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +477,7 @@ class LegalBasis:
     """Why the municipality may process this patient's device data (GDPR art. 6/9)."""
 
     kind: LegalBasisKind
-    reference: str | None = None  # required for a vedtak: the decision's case number
+    reference: str | None = None  # required for a vedtak (case number) and an agreement
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +520,7 @@ REPROCESSABLE_STATES = frozenset(
 class EventState(enum.StrEnum):
     ROUTED = "routed"
     FILTERED = "filtered"
+    RECEIPT = "receipt"  # settled a delivery of ours (an AppRec): nothing new to route
 
 
 class DeliveryState(enum.StrEnum):
@@ -356,6 +530,9 @@ class DeliveryState(enum.StrEnum):
     LEASED = "leased"  # a dispatcher holds it until lease_until
     DELIVERED = "delivered"
     DEAD = "dead"  # rejected or given up: kept until an operator acts
+    # Accepted by the transport; a later receipt (AppRec, $status) settles it. It holds
+    # no lease and does not block its order key; past its deadline the monitor alerts.
+    AWAITING_RECEIPT = "awaiting_receipt"
 
 
 class OutcomeKind(enum.StrEnum):
@@ -363,6 +540,7 @@ class OutcomeKind(enum.StrEnum):
     RETRY = "retry"  # transient: back off, try again
     REJECTED = "rejected"  # permanent for this payload: dead letter
     PAUSE = "pause"  # the destination is misconfigured or refuses us: hold all its work
+    AWAITING = "awaiting"  # accepted by the transport: a receipt will settle it later
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +551,8 @@ class Outcome:
     detail: str
     status_code: int | None = None
     retry_after: float | None = None  # seconds, from Retry-After
+    correlation_id: str | None = None  # AWAITING: what the receipt will name
+    deadline: datetime | None = None  # AWAITING: no receipt by then raises an alert
 
     @classmethod
     def delivered(cls, detail: str = "delivered", status_code: int | None = None) -> Outcome:
@@ -393,6 +573,12 @@ class Outcome:
         cls, detail: str, status_code: int | None = None, retry_after: float | None = None
     ) -> Outcome:
         return cls(OutcomeKind.PAUSE, detail, status_code, retry_after)
+
+    @classmethod
+    def awaiting(cls, detail: str, correlation_id: str, deadline: datetime,
+                 status_code: int | None = None) -> Outcome:
+        """Accepted by the transport; a receipt naming `correlation_id` settles it."""
+        return cls(OutcomeKind.AWAITING, detail, status_code, None, correlation_id, deadline)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from hub.domain.privacy import HNR_SYSTEM, HNR_TYPE_SYSTEM, person_id_problem
+from hub.domain.privacy import HNR_SYSTEM, HNR_TYPE_SYSTEM, PERSON_ID_SYSTEMS, person_id_problem
 from hub.errors import ValidationFailure
 from hub.fhir import vkp
 from hub.mappings import MappingStore
@@ -129,13 +129,35 @@ def _code_in(mappings: MappingStore, concept: Any, codesystem: str, element: str
             yield f"{element}: code {c.get('code')!r} is not in {codesystem}"
 
 
-def _person(ref: Any, element: str) -> Iterable[str]:
+def _vkp_profiled(resource: dict[str, Any]) -> bool:
+    return any(str(p).startswith((vkp.SD, "http://hl7.no/fhir/vkp"))
+               for p in resource.get("meta", {}).get("profile", []))
+
+
+# A hospital's own record number (HL7 v2 messages without a national id, docs/hl7v2.md):
+# accepted only in resources that claim no VKP profile, and only marked as one.
+_LOCAL_ID_TYPES = {"MR", "PI", "PT"}
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def _is_local(ident: dict[str, Any]) -> bool:
+    codings = (ident.get("type") or {}).get("coding", [])
+    return (any(c.get("system") == _V2_0203 and c.get("code") in _LOCAL_ID_TYPES
+                for c in codings)
+            and ident.get("system") not in PERSON_ID_SYSTEMS)
+
+
+def _person(ref: Any, element: str, local_ok: bool = False) -> Iterable[str]:
     ident = ref.get("identifier") if isinstance(ref, dict) else None
     if not isinstance(ident, dict):
         yield f"{element}: must reference the patient by identifier (no-basis FNR/DNR/FHN)"
         return
     if "reference" in ref:
         yield f"{element}: VKP references the patient by identifier only, not by literal reference"
+    if local_ok and _is_local(ident):
+        if not ident.get("system") or not ident.get("value"):
+            yield f"{element}.identifier: a local record number needs its system and value"
+        return
     if "system" not in ident and _is_hnr(ident):
         if not isinstance(ident.get("assigner"), dict):
             yield f"{element}.identifier: an H-number needs its assigner (the issuing organisation)"
@@ -170,27 +192,34 @@ def _detected_issue(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
 
 def _encounter(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
     yield from _uuid_identifier(r)
-    yield from _person(r.get("subject"), "subject")
+    profiles = r.get("meta", {}).get("profile", [])
+    vkp_profiled = any(str(p).startswith(vkp.SD) for p in profiles)
+    # A hospital stay from an HL7 v2 ADT message (class IMP/EMER/AMB/PRENC…, no VKP
+    # profile) may name its patient by the hospital's record number and need not have a
+    # participant or a start yet (a pre-admission); every other Encounter keeps the rules.
+    hospital = not vkp_profiled and r.get("class", {}).get("code") in _HOSPITAL_CLASSES
+    yield from _person(r.get("subject"), "subject", local_ok=hospital)
     participants = r.get("participant", [])
-    if not participants:
+    if not participants and not hospital:
         yield "participant: at least one is required (vkp-Encounter)"
     # vkp-encounter-mode only has remote modes (image, speech, listening-in): an Encounter
     # that claims no VKP profile (a physical visit) codes its participants otherwise.
-    profiles = r.get("meta", {}).get("profile", [])
-    vkp_profiled = any(str(p).startswith(vkp.SD) for p in profiles)
     for i, p in enumerate(participants):
         types = p.get("type", [])
         if len(types) != 1:
             yield f"participant[{i}].type: exactly one is required (vkp-encounter-mode)"
         for t in types if vkp_profiled else ():
             yield from _code_in(m, t, vkp.ENCOUNTER_MODE, f"participant[{i}].type")
-    if "start" not in r.get("period", {}):
+    if "start" not in r.get("period", {}) and not hospital:
         yield "period.start: required (vkp-Encounter)"
     reasons = r.get("reasonCode", [])
     if len(reasons) > 1:
         yield "reasonCode: at most one (vkp-Encounter)"
     for reason in reasons:
         yield from _code_in(m, reason, vkp.ENCOUNTER_REASON, "reasonCode")
+
+
+_HOSPITAL_CLASSES = {"IMP", "AMB", "EMER", "PRENC", "OBSENC", "ACUTE", "NONAC", "SS"}
 
 
 def _composition(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
@@ -226,19 +255,29 @@ def _ucum_quantity(quantity: Any, element: str) -> Iterable[str]:
         yield f"{element}.code: required (the UCUM unit code)"
 
 
+def _coded_quantity(quantity: Any, element: str) -> Iterable[str]:
+    """qty-3: a unit code needs its system; a lab unit the sender did not code is text."""
+    if isinstance(quantity, dict) and quantity.get("code") and not quantity.get("system"):
+        yield f"{element}.system: required when a unit code is given (qty-3)"
+
+
 def _observation(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
     if r.get("status") not in _OBSERVATION_STATUS:
         yield f"status: {r.get('status')!r} is not one of {sorted(_OBSERVATION_STATUS)}"
     yield from _uuid_identifier(r)
-    yield from _person(r.get("subject"), "subject")
     vital = any((c.get("system"), c.get("code")) == _VITAL_SIGNS
                 for cat in r.get("category", []) for c in cat.get("coding", []))
+    # A hospital lab result (no VKP profile, not a vital sign) may name its patient by the
+    # record number and keep a unit the sender did not code in UCUM as text only.
+    lab = not vital and not _vkp_profiled(r)
+    yield from _person(r.get("subject"), "subject", local_ok=lab)
     if vital and not any(c.get("system") == vkp.LOINC
                          for c in r.get("code", {}).get("coding", [])):
         yield f"code: a vital-signs Observation needs a LOINC coding ({vkp.LOINC})"
-    yield from _ucum_quantity(r.get("valueQuantity"), "valueQuantity")
+    check = _coded_quantity if lab else _ucum_quantity
+    yield from check(r.get("valueQuantity"), "valueQuantity")
     for i, comp in enumerate(r.get("component", [])):
-        yield from _ucum_quantity(comp.get("valueQuantity"), f"component[{i}].valueQuantity")
+        yield from check(comp.get("valueQuantity"), f"component[{i}].valueQuantity")
     has_value = any(k.startswith("value") for k in r)
     if has_value and "dataAbsentReason" in r:
         yield "dataAbsentReason: only when there is no value (obs-6)"
@@ -303,3 +342,30 @@ def _medication_dispense(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
 
 
 _RULES["MedicationDispense"] = _medication_dispense
+
+
+# --- HL7 v2 hospital resources: Patient, DiagnosticReport (docs/hl7v2.md) ---------------
+
+_REPORT_STATUS = {"registered", "partial", "preliminary", "final", "amended", "corrected",
+                  "appended", "cancelled", "entered-in-error", "unknown"}
+
+
+def _patient(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
+    """Every national id a Patient carries is a valid one (mod-11, D-/H-number rules)."""
+    for i, ident in enumerate(r.get("identifier", [])):
+        system = ident.get("system")
+        if system in PERSON_ID_SYSTEMS or (system is None and _is_hnr(ident)):
+            problem = person_id_problem(system or HNR_SYSTEM, str(ident.get("value", "")))
+            if problem:
+                yield f"identifier[{i}]: {problem}"
+
+
+def _diagnostic_report(r: dict[str, Any], m: MappingStore) -> Iterable[str]:
+    if r.get("status") not in _REPORT_STATUS:
+        yield f"status: {r.get('status')!r} is not one of {sorted(_REPORT_STATUS)}"
+    yield from _uuid_identifier(r)
+    yield from _person(r.get("subject"), "subject", local_ok=True)
+
+
+_RULES["Patient"] = _patient
+_RULES["DiagnosticReport"] = _diagnostic_report

@@ -41,6 +41,8 @@ from hub.domain.model import (
     MessageState,
     PersonId,
     RawMessage,
+    Receipt,
+    ReceiptStatus,
     StoredMessage,
 )
 from hub.domain.privacy import PERSON_ID_SYSTEMS, safe_error_text
@@ -125,6 +127,8 @@ class PlannedEvent:
     bundle_id: str | None = None
     payload: str | None = None
     deliveries: Sequence[PlannedDelivery] = ()
+    # A receipt or answer: the delivery it names is settled in this message's transaction.
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,32 @@ class AttemptRecord:
     error: str | None = None  # why the delivery is not delivered (None when it is)
     escalate: bool = False
     pause_until: datetime | None = None
+    correlation_id: str | None = None  # awaiting a receipt: what it will name
+    receipt_deadline: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What the hub sent that a receipt or answer names (found by its correlation id)."""
+
+    delivery_id: int
+    destination: str
+    state: str
+    source: str
+    device_id: str
+    category: str
+    references: tuple[str, ...]  # "DetectedIssue/<id>" … of the resources it carried
+
+
+@dataclass(frozen=True, slots=True)
+class OverdueReceipt:
+    delivery_id: int
+    destination: str
+    correlation_id: str
+    deadline: datetime
+    source: str
+    device_id: str
+    category: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +261,11 @@ class StatusReport:
     escalated: dict[str, int] = field(default_factory=dict)
     paused: dict[str, dict[str, Any]] = field(default_factory=dict)
     oldest_unprocessed_seconds: float | None = None
+    receipts_overdue: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "receipts_overdue": self.receipts_overdue,
             "messages": self.messages,
             "deliveries": self.deliveries,
             "oldest_pending_seconds": self.oldest_pending_seconds,
@@ -494,6 +526,9 @@ class Repository:
                               for d in ev.deliveries]
                 if deliveries:
                     conn.execute(insert(D), deliveries)
+            for _, ev in events:
+                if ev.receipt is not None:
+                    self._settle(conn, ev.receipt, now)
             self._record_observations(conn, mine)
         return [o.message_id for o in outcomes if o.message_id not in owned]
 
@@ -576,6 +611,8 @@ class Repository:
             for d in ev.deliveries:
                 conn.execute(insert(D).values(**_delivery_row(event_id, outcome.message_id, d,
                                                              now)))
+            if ev.receipt is not None:
+                self._settle(conn, ev.receipt, now)
         return True
 
     def _fail_message(self, conn: Connection, worker: str, message_id: int, reason: str,
@@ -723,11 +760,15 @@ class Repository:
                     "b_not_before": to_db(r.not_before),
                     "b_error": safe_error_text(r.error) if r.error else None,
                     "b_status": r.status_code, "b_at": to_db(r.finished_at),
+                    "b_corr": r.correlation_id,
+                    "b_deadline": to_db(r.receipt_deadline) if r.receipt_deadline else None,
                 })
             for (delivered, escalate), params in groups.items():
                 values: dict[str, Any] = {
                     "state": bindparam("b_state"), "not_before": bindparam("b_not_before"),
                     "last_error": bindparam("b_error"), "last_status": bindparam("b_status"),
+                    "correlation_id": bindparam("b_corr"),
+                    "receipt_deadline": bindparam("b_deadline"), "receipt_alerted_at": None,
                     "lease_owner": None, "lease_until": None, "updated_at": now,
                 }
                 if delivered:
@@ -761,6 +802,84 @@ class Repository:
             index_elements=["name"],
             set_={"paused_until": until, "reason": reason, "updated_at": now},
         ))
+
+    # ---------------------------------------------------------------------------------
+    # Receipts: deliveries accepted by a transport and settled later (AppRec, $status)
+    # ---------------------------------------------------------------------------------
+
+    @transient
+    def origins(self, correlation_ids: Iterable[str]) -> dict[str, Origin]:
+        """The deliveries (and the events they carried) that receipts name, at once."""
+        found: dict[str, Origin] = {}
+        with self.db.read_engine.connect() as conn:
+            for chunk in chunks(sorted(set(correlation_ids)), 500):
+                rows = conn.execute(
+                    select(D.c.id, D.c.destination, D.c.state, D.c.correlation_id, E.c.source,
+                           E.c.device_id, E.c.category, E.c.payload)
+                    .join(E, E.c.id == D.c.event_id)
+                    .where(D.c.correlation_id.in_(chunk)).order_by(D.c.id)
+                ).all()
+                for r in rows:
+                    found[r.correlation_id] = Origin(
+                        int(r.id), r.destination, r.state, r.source, r.device_id, r.category,
+                        _references(r.payload))
+        return found
+
+    def _settle(self, conn: Connection, receipt: Receipt, now: datetime) -> str:
+        """Settle the delivery awaiting `receipt` (inside the caller's transaction).
+
+        Returns what happened: settled, already-settled or not-found. A receipt is
+        final: AppRec 2 dead-letters (and escalates) the delivery, kept until an
+        operator acts; 1 and 3 deliver it (3 with its errors kept as last_error).
+        """
+        cond = [D.c.correlation_id == receipt.correlation_id]
+        if receipt.destination:
+            cond.append(D.c.destination == receipt.destination)
+        row = conn.execute(select(D.c.id, D.c.state, D.c.attempts).where(*cond)
+                           .order_by(D.c.id.desc()).limit(1)).first()
+        if row is None:
+            log.warning("receipt names no delivery of ours", status=receipt.status.value)
+            return "not-found"
+        if row.state != DeliveryState.AWAITING_RECEIPT.value:
+            return "already-settled"
+        detail = safe_error_text(receipt.detail)
+        values: dict[str, Any] = {"updated_at": now}
+        if receipt.status is ReceiptStatus.REJECTED:
+            values.update(state=DeliveryState.DEAD.value, escalated=True,
+                          last_error=f"rejected by the receiver: {detail}")
+        else:
+            values.update(state=DeliveryState.DELIVERED.value, delivered_at=now,
+                          last_error=(f"delivered with errors in part: {detail}"
+                                      if receipt.status is ReceiptStatus.PARTIAL else None))
+        conn.execute(update(D).where(D.c.id == row.id,
+                                     D.c.state == DeliveryState.AWAITING_RECEIPT.value)
+                     .values(**values))
+        conn.execute(insert(A).values(
+            delivery_id=row.id, number=row.attempts, worker="receipt", started_at=now,
+            finished_at=now, outcome=f"receipt:{receipt.status.value}", status_code=None,
+            detail=detail, retry_after=None))
+        return "settled"
+
+    @transient
+    def overdue_receipts(self, now: datetime) -> list[OverdueReceipt]:
+        """Deliveries still awaiting a receipt past their deadline, not yet alerted."""
+        with self.db.read_engine.connect() as conn:
+            rows = conn.execute(
+                select(D.c.id, D.c.destination, D.c.correlation_id, D.c.receipt_deadline,
+                       E.c.source, E.c.device_id, E.c.category)
+                .join(E, E.c.id == D.c.event_id)
+                .where(D.c.state == DeliveryState.AWAITING_RECEIPT.value,
+                       D.c.receipt_deadline < to_db(now), D.c.receipt_alerted_at.is_(None))
+                .order_by(D.c.id)
+            ).all()
+        return [OverdueReceipt(int(r.id), r.destination, r.correlation_id or "",
+                               from_db(r.receipt_deadline) or now, r.source, r.device_id,
+                               r.category) for r in rows]
+
+    def mark_receipt_alerted(self, delivery_id: int, at: datetime) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(update(D).where(D.c.id == delivery_id)
+                         .values(receipt_alerted_at=to_db(at)))
 
     # ---------------------------------------------------------------------------------
     # Operators
@@ -849,6 +968,13 @@ class Repository:
                 .where(DS.c.paused_until > now)
             ):
                 report.paused[name] = {"until": from_db(until), "reason": reason}
+            for dest, n in conn.execute(
+                select(D.c.destination, func.count())
+                .where(D.c.state == DeliveryState.AWAITING_RECEIPT.value,
+                       D.c.receipt_deadline < now)
+                .group_by(D.c.destination)
+            ):
+                report.receipts_overdue[dest] = int(n)
             oldest = conn.execute(select(func.min(J.c.received_at)).where(
                 J.c.state.in_([MessageState.RECEIVED.value, MessageState.PROCESSING.value])
             )).scalar()
@@ -945,6 +1071,8 @@ class Repository:
                  "state": d.state, "priority": d.priority, "attempts": d.attempts,
                  "not_before": from_db(d.not_before), "last_error": d.last_error,
                  "last_status": d.last_status, "escalated": d.escalated,
+                 "correlation_id": d.correlation_id,
+                 "receipt_deadline": from_db(d.receipt_deadline),
                  "created_at": from_db(d.created_at), "delivered_at": from_db(d.delivered_at),
                  "attempt_log": attempts.get(d.id, [])}
                 for d in deliveries
@@ -1195,6 +1323,18 @@ def _period(row: Any) -> EnrolmentPeriod:
     assert start is not None
     return EnrolmentPeriod(row.id, enrolment, basis is not None, start, _effective_end(row),
                            from_db(row.ended_at))
+
+
+def _references(payload: str | None) -> tuple[str, ...]:
+    """The resources a delivered Bundle wrote ("DetectedIssue/<id>"), in entry order."""
+    if not payload:
+        return ()
+    try:
+        bundle = json.loads(payload)
+    except ValueError:
+        return ()
+    urls = [str((e.get("request") or {}).get("url", "")) for e in bundle.get("entry", [])]
+    return tuple(u for u in urls if u.count("/") == 1)
 
 
 def _journal_row(raw: RawMessage, digest: str, now: datetime) -> dict[str, Any]:

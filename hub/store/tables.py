@@ -93,6 +93,8 @@ class Delivery(SQLModel, table=True):
               sqlite_where=text("state IN ('pending', 'leased')"),
               postgresql_where=text("state IN ('pending', 'leased')")),
         Index("ix_delivery_state_created", "state", "created_at"),
+        # Receipts find their delivery by the id the destination gave the message.
+        Index("ix_delivery_destination_correlation_id", "destination", "correlation_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -112,6 +114,11 @@ class Delivery(SQLModel, table=True):
     created_at: datetime
     updated_at: datetime
     delivered_at: datetime | None = None
+    # Awaiting a receipt (state awaiting_receipt): what the receipt will name, by when it
+    # is due, and when the monitor alerted that it is overdue.
+    correlation_id: str | None = Field(default=None, max_length=255)
+    receipt_deadline: datetime | None = None
+    receipt_alerted_at: datetime | None = None
 
 
 class DeliveryAttempt(SQLModel, table=True):

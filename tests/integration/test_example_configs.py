@@ -39,12 +39,17 @@ def municipality(tmp_path):
     (event(Category.MEDICATION, code="1.20"), BERGEN, ("response-centre", "ehr")),
     (event(Category.MEDICATION, code="1.7"), BERGEN, ("ehr",)),
     (event(Category.HOME_FOLLOW_UP, code="5.1", severity="high"), BERGEN,
-     ("response-centre", "ehr")),
+     ("response-centre", "ehr", "gp")),
+    (event(Category.HOME_FOLLOW_UP, kind="gp_answer"), BERGEN, ("ehr",)),
+    (event(Category.SAFETY_ALARM, kind="receipt_overdue", code="3"), BERGEN, ("ehr",)),
     (event(Category.HOME_FOLLOW_UP, code="5.1", severity="moderate"), BERGEN, ("ehr",)),
     (event(Category.DOOR_LOCK, kind="unlocked"), BERGEN, ("ehr",)),
     (event(Category.DOOR_LOCK, kind="unlocked.no_staff"), BERGEN, None),
     (event(Category.LOCATION, kind="position_update"), BERGEN, None),
     (event(Category.DEVICE_HEALTH, kind="heartbeat"), None, None),
+    (event(Category.PATIENT_ADMINISTRATION, kind="adt.discharge"), BERGEN, ("home-care", "ehr")),
+    (event(Category.PATIENT_ADMINISTRATION, kind="adt.admit"), BERGEN, ("ehr",)),
+    (event(Category.LABORATORY, kind="lab.result"), BERGEN, ("ehr",)),
 ])
 def test_the_municipality_example_routes_each_category(municipality, ev, enrolment, expected):
     decision = evaluate(municipality.rules, ev, enrolment)

@@ -12,7 +12,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 
-from hub.domain.model import DeliveryState, EventState, MessageState, RawMessage
+from hub.domain.model import (
+    DeliveryState,
+    EventState,
+    MessageState,
+    RawMessage,
+    Receipt,
+    ReceiptStatus,
+)
 from hub.store.db import current_revision, head_revision, open_database, upgrade
 from hub.store.repository import (
     AttemptRecord,
@@ -279,3 +286,74 @@ def test_one_bad_result_in_a_batch_fails_only_its_message(repo):
 
 def test_recording_no_attempts_is_a_no_op(repo):
     assert repo.record_attempts("w", "ehr", []) == []
+
+
+def await_receipt(repo, claimed, correlation, deadline):
+    now = datetime.now(UTC)
+    return repo.record_attempts("w1", "ehr", [AttemptRecord(
+        delivery_id=c.id, attempt=c.attempt, started_at=now, finished_at=now,
+        outcome="awaiting", status_code=201, detail="accepted", retry_after=None,
+        new_state=DeliveryState.AWAITING_RECEIPT, not_before=deadline,
+        correlation_id=f"{correlation}-{c.id}", receipt_deadline=deadline) for c in claimed])
+
+
+def save_receipt(repo, receipt, key, *, each=False):
+    (result,) = repo.insert_messages([raw(key, source="inbox")])
+    repo.claim_messages("proc", 10, 30, 5)
+    outcome = MessageOutcome(result.id, MessageState.PROCESSED, None, [PlannedEvent(
+        seq=0, source="inbox", business_key=key, kind="apprec", category="safety_alarm",
+        code=None, device_id="d", occurred_at=NOW, priority=50, snapshot=False,
+        state=EventState.RECEIPT, summary={}, receipt=receipt)])
+    if each:  # the row-by-row path, taken when a batch fails
+        assert repo._save_each("proc", [outcome]) == []
+    else:
+        assert repo.save_outcomes("proc", [outcome]) == []
+
+
+def test_awaiting_receipt_frees_its_key_and_receipts_settle_it(repo):
+    first, second, third = plan(repo, [("patient-a", 50), ("patient-a", 50),
+                                       ("patient-b", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 10, 60)
+    assert sorted(c.id for c in batch) == [first, third]
+    deadline = datetime.now(UTC) + timedelta(hours=72)
+    assert await_receipt(repo, batch, "msg", deadline) == []
+    # Awaiting a receipt does not hold patient-a's next delivery back for days.
+    (nxt,) = repo.claim_deliveries("ehr", "w1", 10, 60)
+    assert nxt.id == second
+    assert repo.status().deliveries["ehr"] == {"awaiting_receipt": 2, "leased": 1}
+    origins = repo.origins([f"msg-{first}", f"msg-{third}", "unknown"])
+    assert set(origins) == {f"msg-{first}", f"msg-{third}"}
+    assert origins[f"msg-{first}"].state == "awaiting_receipt"
+    assert (origins[f"msg-{first}"].source, origins[f"msg-{first}"].device_id) == ("vendor", "d")
+
+    save_receipt(repo, Receipt(f"msg-{first}", ReceiptStatus.REJECTED,
+                               "AppRec 2 (Avvist): E35 Pasient finnes ikke", "ehr"), "r1")
+    save_receipt(repo, Receipt(f"msg-{third}", ReceiptStatus.PARTIAL, "AppRec 3: E36", None),
+                 "r2", each=True)
+    rejected = repo.message_trace(repo.search_messages(dedup_key=None)[-1]["id"])
+    d1 = next(d for d in rejected["deliveries"] if d["id"] == first)
+    assert (d1["state"], d1["escalated"]) == ("dead", True)
+    assert "rejected by the receiver: AppRec 2 (Avvist): E35" in d1["last_error"]
+    assert d1["attempt_log"][-1]["outcome"] == "receipt:rejected"
+    trace3 = next(t for t in (repo.message_trace(m["id"]) for m in repo.search_messages())
+              if any(d["id"] == third for d in t["deliveries"]))
+    d3 = next(d for d in trace3["deliveries"] if d["id"] == third)
+    assert d3["state"] == "delivered"
+    assert "errors in part: AppRec 3: E36" in d3["last_error"]
+    # A second copy of a receipt changes nothing.
+    save_receipt(repo, Receipt(f"msg-{third}", ReceiptStatus.REJECTED, "late", None), "r3")
+    assert repo.origins([f"msg-{third}"])[f"msg-{third}"].state == "delivered"
+
+
+def test_overdue_receipts_are_found_once_marked(repo):
+    (first,) = plan(repo, [("patient-a", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 10, 60)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    await_receipt(repo, batch, "late", past)
+    (late,) = repo.overdue_receipts(datetime.now(UTC))
+    assert (late.delivery_id, late.correlation_id, late.category) == (
+        first, f"late-{first}", "safety_alarm")
+    assert repo.status().receipts_overdue == {"ehr": 1}
+    repo.mark_receipt_alerted(first, datetime.now(UTC))
+    assert repo.overdue_receipts(datetime.now(UTC)) == []
+    assert repo.status().receipts_overdue == {"ehr": 1}  # still overdue, alerted once

@@ -51,8 +51,18 @@ def test_every_fixture_bundle_becomes_an_oru_that_hl7apy_validates_strictly(vers
         assert message.validate(), name
         assert message.msh.msh_12.value == version
         result = message.oru_r01_patient_result
-        assert result.oru_r01_patient.pid.pid_3.cx_1.value == \
-            bundle["entry"][0]["resource"]["subject"]["identifier"]["value"]
+        assert result.oru_r01_patient.pid.pid_3.cx_1.value == patient_id(bundle), name
+
+
+def patient_id(bundle: dict[str, Any]) -> str:
+    resources = [e["resource"] for e in bundle["entry"]]
+    for res in resources:
+        ident = res.get("subject", {}).get("identifier") if \
+            res["resourceType"] == "Observation" else None
+        if ident:
+            return str(ident["value"])
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    return str(patient["identifier"][0]["value"])
 
 
 def test_blood_pressure_panel_fields():
