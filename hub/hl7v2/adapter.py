@@ -200,8 +200,10 @@ class Hl7v2Adapter:
         return decoded.header.dedup_key
 
     def parse(self, message: StoredMessage) -> list[Event]:
+        # An MLLP source records the codec it decoded (and acknowledged) the message with.
+        charset = message.transport.get("charset") or self.options.default_charset
         try:
-            decoded = decode(message.body, default_charset=self.options.default_charset)
+            decoded = decode(message.body, default_charset=charset)
             self._check_type(decoded.header)
             return self._read(decoded.header, decoded.text)
         except Hl7Error as exc:

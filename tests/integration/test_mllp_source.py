@@ -489,3 +489,55 @@ async def test_mutual_tls_requires_a_client_certificate(start, tmp_path):
     assert msa(await client.exchange(msg("U-2").encode()))[1] == "AA"
     assert [r[0] for r in rows(hub)] == ["EPJ|KOMMUNE|U-2"]
     await hub.sources["lab"].stop()
+
+
+HL7V2_CONFIG = f"""
+[hub]
+mappings_dir = "{REPO / 'mappings'}"
+
+[sources.lab]
+type = "mllp"
+adapter = "hl7v2"
+host = "127.0.0.1"
+port = 0
+default_charset = "8859/1"
+[sources.lab.options]
+municipality = "0301"
+organisation = "974778882"
+legal_basis = "agreement"
+legal_basis_ref = "SA-2024-017"
+
+[destinations.ehr]
+type = "folder"
+path = "out"
+
+[[routes]]
+name = "hospital-to-ehr"
+match = {{ categories = ["patient_administration", "laboratory"] }}
+destinations = ["ehr"]
+"""
+
+
+async def test_with_the_hl7v2_adapter_a_message_decoded_by_the_sources_default_maps(
+        tryggbro_hub):
+    """The source's default_charset decided how the message was read (and ACKed); the
+    adapter must read it the same way after the commit (transport `charset`)."""
+    hub = tryggbro_hub(HL7V2_CONFIG)
+    hub.intake.start()
+    source = hub.sources["lab"]
+    await source.start()
+    try:
+        body = (REPO / "fixtures/hl7v2/cases/15-refused-latin1-without-msh18/01.hl7"
+                ).read_bytes()
+        assert b"|8859/1" not in body.split(b"\r")[0]  # no MSH-18: the default applies
+        ack = await (await Client.connect(source.port)).exchange(body)
+        assert msa(ack)[:3] == ["MSA", "CA", "OUS-1500"]  # MSH-15 = AL
+        await asyncio.to_thread(hub.processor().run_batch)
+        (stored,) = hub.repo.search_messages(source="lab")
+        trace = hub.repo.message_trace(stored["id"])
+        assert trace is not None
+        assert (trace["state"], trace["reason"]) == ("processed", None)
+        assert [e["kind"] for e in trace["events"]] == ["adt.admit"]
+    finally:
+        await source.stop()
+        hub.intake.stop()
