@@ -225,6 +225,19 @@ def parse_header(text: str) -> Header:
     )
 
 
+def without_msh7(body: bytes) -> bytes:
+    """The message bytes with MSH-7 (its creation time) blanked: a sender that rebuilds a
+    message to resend it may stamp a new time, and that copy is still the same message."""
+    data = body[len(codecs.BOM_UTF8):] if body.startswith(codecs.BOM_UTF8) else body
+    if not data.startswith(b"MSH") or len(data) < 4:
+        return body
+    end = _segment_end(data)
+    fields = data[:end].split(data[3:4])
+    if len(fields) > 6:
+        fields[6] = b""
+    return data[3:4].join(fields) + data[end:]
+
+
 def _segment_end(data: bytes) -> int:
     cuts = [i for i in (data.find(b"\r"), data.find(b"\n")) if i >= 0]
     return min(cuts) if cuts else len(data)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ssl
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +43,7 @@ from hub.hl7v2.wire import (
     ACCEPT,
     CHARSETS,
     ERROR,
+    MAX_DEDUP_KEY,
     REJECT,
     Header,
     Hl7Error,
@@ -49,8 +52,10 @@ from hub.hl7v2.wire import (
     build_ack,
     decode,
     parse_header,
+    without_msh7,
 )
 from hub.logging import get_logger
+from hub.store.repository import IntakeResult
 
 log = get_logger("hub.sources.mllp")
 
@@ -85,6 +90,9 @@ class MllpSourceSettings(BaseModel):
     processing_ids: list[str] = Field(default_factory=lambda: ["P"])
     validation: Literal["none", "schema"] = Field(
         "none", description="schema: check each message with hl7apy before storing it")
+    control_id_reuse: Literal["accept", "reject"] = Field(
+        "accept", description="a different message under a stored MSH-3|4|10: accept: "
+        "journal it as a new message (logged as an anomaly); reject: AR/CR code 205")
 
     @field_validator("default_charset")
     @classmethod
@@ -290,21 +298,12 @@ class MllpSource:
             transport={"protocol": "mllp", "remote": ip, "charset": codec,
                        "message_type": header.message_type, "version": header.version},
             answer=answer)
-        try:
-            result = await self.intake.submit(raw)
-        except Exception as exc:
-            log.error("could not journal an HL7 message; closing the connection without "
-                      "an ACK so the sender resends", source=self.name, remote=ip,
-                      message_type=header.message_type, error=type(exc).__name__)
-            raise ConnectionAbortedError("not stored") from None
+        result = await self._submit(raw, header, ip)
         if result.duplicate and not result.same_body:
-            log.warning("anomaly: a different message reuses a stored dedup key "
-                        "(MSH-3|MSH-4|MSH-10); refused", source=self.name, remote=ip,
-                        message_id=result.id, message_type=header.message_type)
-            error = Hl7Error(
-                "MSH-10 was already used by this sender (MSH-3/MSH-4) for a different "
-                "message; send a new message control id", code="205", location="MSH-10")
-            return self._refuse(_Refused(header, REJECT, error), received_at, ip)
+            reused = await self._reused_control_id(raw, result.id, header, ip)
+            if isinstance(reused, _Refused):
+                return self._refuse(reused, received_at, ip)
+            result = reused
         if result.duplicate:
             log.info("mllp resend answered with the stored ACK", source=self.name,
                      message_id=result.id, message_type=header.message_type)
@@ -314,6 +313,49 @@ class MllpSource:
             log.debug("mllp message accepted", source=self.name, message_id=result.id,
                       message_type=header.message_type)
         return answer if ack_wanted(header, outcome) else None
+
+    async def _submit(self, raw: RawMessage, header: Header, ip: str) -> IntakeResult:
+        try:
+            result: IntakeResult = await self.intake.submit(raw)
+        except Exception as exc:
+            log.error("could not journal an HL7 message; closing the connection without "
+                      "an ACK so the sender resends", source=self.name, remote=ip,
+                      message_type=header.message_type, error=type(exc).__name__)
+            raise ConnectionAbortedError("not stored") from None
+        return result
+
+    async def _reused_control_id(self, raw: RawMessage, stored_id: int, header: Header,
+                                 ip: str) -> IntakeResult | _Refused:
+        """The stored message under this MSH-3|4|10 has other bytes.
+
+        A resend rebuilt with a fresh MSH-7 timestamp is the same message: it gets the
+        stored ACK. Anything else is a different message reusing the control id (senders
+        do after a restart, and copied templates do). By default it is journaled as a new
+        message under the key + a digest of its content, so nothing a sender was told is
+        stored can be refused later; `control_id_reuse = "reject"` answers AR/CR 205.
+        """
+        stored = await asyncio.to_thread(self.intake.repo.body_and_answer, stored_id)
+        if stored is not None and without_msh7(stored[0]) == without_msh7(raw.body):
+            log.info("mllp resend with a new MSH-7 answered with the stored ACK",
+                     source=self.name, message_id=stored_id, message_type=header.message_type)
+            return IntakeResult(stored_id, duplicate=True, same_body=True, answer=stored[1])
+        if self.settings.control_id_reuse == "reject":
+            log.warning("anomaly: a different message reuses a stored dedup key "
+                        "(MSH-3|MSH-4|MSH-10); refused", source=self.name, remote=ip,
+                        message_id=stored_id, message_type=header.message_type)
+            return _Refused(header, REJECT, Hl7Error(
+                "MSH-10 was already used by this sender (MSH-3/MSH-4) for a different "
+                "message; send a new message control id", code="205", location="MSH-10"))
+        digest = hashlib.sha256(without_msh7(raw.body)).hexdigest()[:16]
+        key = f"{raw.dedup_key}#{digest}"
+        if len(key) > MAX_DEDUP_KEY:
+            key = "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+        log.warning("anomaly: a different message reuses a stored dedup key "
+                    "(MSH-3|MSH-4|MSH-10); journaled as a new message", source=self.name,
+                    remote=ip, stored_message_id=stored_id, message_type=header.message_type)
+        result = await self._submit(replace(raw, dedup_key=key), header, ip)
+        # The digest names the content: a copy under the new key is a resend of it.
+        return replace(result, same_body=True)
 
     async def _admit(self, data: bytes) -> tuple[Header, str]:
         """Decode and check a frame; raises `_Refused` with what the ACK must say."""

@@ -1023,6 +1023,13 @@ class Repository:
             for r in rows
         ]
 
+    @transient
+    def body_and_answer(self, message_id: int) -> tuple[bytes, bytes | None] | None:
+        """A journaled message's bytes as received and the answer stored with it."""
+        with self.db.read_engine.connect() as conn:
+            row = conn.execute(select(J.c.body, J.c.answer).where(J.c.id == message_id)).first()
+        return None if row is None else (bytes(row.body), row.answer)
+
     def message_trace(self, message_id: int, include_body: bool = False) -> dict[str, Any] | None:
         """One message through every stage: journal, events, deliveries, attempts."""
         with self.db.read_engine.connect() as conn:

@@ -143,3 +143,15 @@ def test_an_unreadable_msh_still_gets_a_minimal_ack():
                               error=error))
     assert str(ack.segment("MSA")[1]) == "AR"
     assert str(ack.segment("MSH")[12]) == "2.5"
+
+
+def test_without_msh7_blanks_only_the_creation_time():
+    from hub.hl7v2.wire import without_msh7
+
+    a = adt().encode()
+    b = adt().replace("|20261122120000|", "|20261122130000|").encode()
+    assert a != b
+    assert without_msh7(a) == without_msh7(b)
+    assert without_msh7(a) != without_msh7(adt(control="MSG2").encode())
+    assert without_msh7(b"\xef\xbb\xbf" + a) == without_msh7(a)
+    assert without_msh7(b"PID|1") == b"PID|1"
