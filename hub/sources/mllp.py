@@ -90,6 +90,9 @@ class MllpSourceSettings(BaseModel):
     processing_ids: list[str] = Field(default_factory=lambda: ["P"])
     validation: Literal["none", "schema"] = Field(
         "none", description="schema: check each message with hl7apy before storing it")
+    accept_acks: Literal["always", "msh15"] = Field(
+        "always", description="always: answer every message (CA/CE/CR in enhanced mode); "
+        "msh15: send the accept ACK only as MSH-15 asks (NE never, ER, SU)")
     control_id_reuse: Literal["accept", "reject"] = Field(
         "accept", description="a different message under a stored MSH-3|4|10: accept: "
         "journal it as a new message (logged as an anomaly); reject: AR/CR code 205")
@@ -308,11 +311,18 @@ class MllpSource:
             log.info("mllp resend answered with the stored ACK", source=self.name,
                      message_id=result.id, message_type=header.message_type)
             if result.answer is not None:
-                return result.answer if ack_wanted(header, outcome) else None
+                return result.answer if self._wanted(header, outcome) else None
         else:
             log.debug("mllp message accepted", source=self.name, message_id=result.id,
                       message_type=header.message_type)
-        return answer if ack_wanted(header, outcome) else None
+        return answer if self._wanted(header, outcome) else None
+
+    def _wanted(self, header: Header, outcome: str) -> bool:
+        """Whether to send the accept ACK. MLLP senders wait for an answer on the socket
+        whatever MSH-15 says (the Microsoft samples send NE and then block), and an
+        unneeded ACK is discarded, whereas a missing one stalls the sender: by default
+        every message is answered; `accept_acks = "msh15"` follows table 0155."""
+        return self.settings.accept_acks == "always" or ack_wanted(header, outcome)
 
     async def _submit(self, raw: RawMessage, header: Header, ip: str) -> IntakeResult:
         try:
@@ -400,7 +410,7 @@ class MllpSource:
         log.warning("hl7 message refused", source=self.name, remote=ip,
                     ack=ack_code(header, refused.outcome), code=error.code,
                     location=error.location, reason=reason)
-        if header is not None and not ack_wanted(header, refused.outcome):
+        if header is not None and not self._wanted(header, refused.outcome):
             return None
         ack = build_ack(header, ack_code(header, refused.outcome), at=received_at,
                         text=error.text, error=error)

@@ -272,10 +272,14 @@ def _reports(stem: str, ours: list[dict[str, Any]],
         yield Field(stem, where, "status", dr["status"], match.get("status", "(none)"))
 
 
-def compare() -> Result:
+def compare(produced: dict[str, list[dict[str, Any]]] | None = None,
+            refused: dict[str, str] | None = None) -> Result:
+    """Compare per field. `produced` (resources by message stem) and `refused` (reasons by
+    stem) come from `run_ours` unless a caller ran the messages another way (over MLLP)."""
     files = expected_files()
     stems = [p.name.removesuffix("-expected.json") for p in files]
-    produced, refused = run_ours([CORPUS / "hl7v2" / f"{s}.hl7" for s in stems])
+    if produced is None or refused is None:
+        produced, refused = run_ours([CORPUS / "hl7v2" / f"{s}.hl7" for s in stems])
     fields: list[Field] = []
     for stem, path in zip(stems, files, strict=True):
         if stem in refused:

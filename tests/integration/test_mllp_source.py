@@ -255,8 +255,18 @@ async def test_default_charset_applies_when_msh18_is_empty(start):
     await hub2.sources["lab"].stop()
 
 
-async def test_enhanced_mode_codes_and_msh15(lab):
+async def test_by_default_every_message_is_answered_whatever_msh15_says(lab):
     hub, port = lab
+    client = await Client.connect(port)
+    ne = await client.exchange(msg("N-1", msh15="NE").encode())
+    assert msa(ne)[:3] == ["MSA", "CA", "N-1"]
+    su = await client.exchange(msg("N-2", msh15="SU", type_="ORM^O01").encode())
+    assert msa(su)[:3] == ["MSA", "CR", "N-2"]
+    assert [r[0] for r in rows(hub)] == ["EPJ|KOMMUNE|N-1"]
+
+
+async def test_enhanced_mode_codes_and_msh15(start):
+    hub, port = await start(accept_acks="msh15")
     client = await Client.connect(port)
     ca = await client.exchange(msg("E-1", msh15="AL").encode())
     assert msa(ca)[:3] == ["MSA", "CA", "E-1"]
@@ -272,6 +282,7 @@ async def test_enhanced_mode_codes_and_msh15(lab):
     cr_er = await client.exchange(msg("E-6", msh15="ER", type_="ORM^O01").encode())
     assert msa(cr_er)[:3] == ["MSA", "CR", "E-6"]
     assert [r[0].rsplit("|", 1)[1] for r in rows(hub)] == ["E-1", "E-3", "E-4", "E-5"]
+    await hub.sources["lab"].stop()
 
 
 @pytest.mark.parametrize(("body", "code", "err_code", "words"), [
