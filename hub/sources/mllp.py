@@ -56,6 +56,7 @@ from hub.hl7v2.wire import (
 )
 from hub.logging import get_logger
 from hub.store.repository import IntakeResult
+from hub.tls import server_context
 
 log = get_logger("hub.sources.mllp")
 
@@ -151,22 +152,11 @@ class MllpSource:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def _tls(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if s.tls_cert_file is None or s.tls_key_file is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
-        if s.tls_client_ca_file is not None:
-            context.load_verify_locations(cafile=str(s.tls_client_ca_file))
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
-
     async def start(self) -> None:
+        s = self.settings
         self._server = await asyncio.start_server(
-            self._accept, self.settings.host, self.settings.port, ssl=self._tls(),
-            limit=65536)
+            self._accept, s.host, s.port, limit=65536,
+            ssl=server_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file))
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp listener started", source=self.name, port=self.port,
                  tls=self.settings.tls_cert_file is not None)

@@ -238,18 +238,30 @@ def _encounter(stem: str, ours: dict[str, Any], theirs: dict[str, Any]) -> Itera
             yield Field(stem, "Encounter", f"period.{end}", ours_t, theirs_t)
 
 
-def _observations(stem: str, ours: list[dict[str, Any]],
-                  theirs: list[dict[str, Any]]) -> Iterator[Field]:
+def _paired(stem: str, rtype: str, ours: list[dict[str, Any]], theirs: list[dict[str, Any]]
+            ) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]] | Field]:
+    """Each of our resources with Microsoft's of the same code (each used once): the
+    pair, or a disagreeing `code` field when they have none."""
     unused = list(theirs)
-    for n, obs in enumerate(ours):
-        code = _first_code(obs.get("code"))
+    for n, resource in enumerate(ours):
+        code = _first_code(resource.get("code"))
         match = next((t for t in unused if code in _codes(t.get("code"))), None)
-        where = f"Observation[{n}]({code})"
+        where = f"{rtype}[{n}]({code})"
         if match is None:
             yield Field(stem, where, "code", code, "(none)")
             continue
         unused.remove(match)
         yield Field(stem, where, "code", code, code)
+        yield where, resource, match
+
+
+def _observations(stem: str, ours: list[dict[str, Any]],
+                  theirs: list[dict[str, Any]]) -> Iterator[Field]:
+    for item in _paired(stem, "Observation", ours, theirs):
+        if isinstance(item, Field):
+            yield item
+            continue
+        where, obs, match = item
         value, unit = _value(obs)
         their_value, their_unit = _value(match)
         yield Field(stem, where, "value", value, their_value)
@@ -259,17 +271,12 @@ def _observations(stem: str, ours: list[dict[str, Any]],
 
 def _reports(stem: str, ours: list[dict[str, Any]],
              theirs: list[dict[str, Any]]) -> Iterator[Field]:
-    unused = list(theirs)
-    for n, dr in enumerate(ours):
-        code = _first_code(dr.get("code"))
-        match = next((t for t in unused if code in _codes(t.get("code"))), None)
-        where = f"DiagnosticReport[{n}]({code})"
-        if match is None:
-            yield Field(stem, where, "code", code, "(none)")
+    for item in _paired(stem, "DiagnosticReport", ours, theirs):
+        if isinstance(item, Field):
+            yield item
             continue
-        unused.remove(match)
-        yield Field(stem, where, "code", code, code)
-        yield Field(stem, where, "status", dr["status"], match.get("status", "(none)"))
+        where, report, match = item
+        yield Field(stem, where, "status", report["status"], match.get("status", "(none)"))
 
 
 def compare(produced: dict[str, list[dict[str, Any]]] | None = None,

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hmac
 import os
-import ssl
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hub.domain.model import RawMessage
 from hub.errors import ConfigError
 from hub.logging import get_logger
+from hub.tls import server_context
 from tryggbro_sosaccess.protocol import (
     ALARM,
     CONTENT_TYPE,
@@ -95,18 +95,10 @@ class SosAccessSource:
         self._active: set[asyncio.Task[Any]] = set()
         self.port: int | None = None
 
-    def _tls(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if s.tls_cert_file is None or s.tls_key_file is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
-        return context
-
     async def start(self) -> None:
+        s = self.settings
         self._server = await asyncio.start_server(
-            self._accept, self.settings.host, self.settings.port, ssl=self._tls())
+            self._accept, s.host, s.port, ssl=server_context(s.tls_cert_file, s.tls_key_file))
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("sos-access receiver listening", source=self.name, port=self.port,
                  tls=self.settings.tls_cert_file is not None)
