@@ -90,6 +90,15 @@ class Edi2Settings(Edi2ClientSettings):
     message: Literal["dialogmelding", "plo"] = Field(
         "dialogmelding", description="Dialogmelding 1.1 (helsefaglig dialog) or PLO "
         "HELSEOPPLYSNINGER_LEGE")
+    dialog: Literal["foresporsel", "notat"] = Field(
+        "foresporsel", description="Dialogmelding content: a Forespørsel (a question the GP "
+        "answers) or a Notat (information only)")
+    question: str = Field(
+        "Vi ber om din vurdering av varselet og om oppfølging er nødvendig.",
+        min_length=1, max_length=2000, description="Forespørsel: the question asked, after "
+        "the alert text")
+    question_type: Literal["1", "4", "6", "7", "8", "99"] = Field(
+        "99", description="Forespørsel TypeForesp, code system 9152 (99 Annen henvendelse)")
     encoding: Literal["UTF-8", "ISO-8859-1"] = "UTF-8"
     sender: PartySettings
     receiver: PartySettings
@@ -237,9 +246,32 @@ def read_alert(payload: bytes) -> Alert:
         raise HubError("the DetectedIssue names no patient by FNR, DNR or HNR: a GP message "
                        "needs the patient's national identity")
     coding = ((issue.get("code") or {}).get("coding") or [{}])[0]
-    return Alert(Patient(str(ident["value"]), id_type), coding.get("code"),
+    family, given = _patient_name(bundle, str(ident["value"]))
+    return Alert(Patient(str(ident["value"]), id_type, family, given), coding.get("code"),
                  coding.get("display"), issue.get("detail"), issue.get("severity"),
                  issue.get("identifiedDateTime"))
+
+
+def _patient_name(bundle: dict[str, Any], national_id: str) -> tuple[str | None, str | None]:
+    """Family and given name(s) of the Bundle's Patient with this national id (an HL7
+    v2-sourced event carries one), else (None, None). The official name is preferred;
+    old or temporary names are not used. Personal data: never logged."""
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+            continue
+        if not any(isinstance(i, dict) and str(i.get("value")) == national_id
+                   for i in resource.get("identifier") or []):
+            continue
+        names = [n for n in resource.get("name") or [] if isinstance(n, dict)
+                 and n.get("use") not in ("old", "temp", "anonymous")]
+        names.sort(key=lambda n: n.get("use") != "official")
+        for name in names:
+            family = str(name.get("family") or "").strip() or None
+            given = " ".join(str(g).strip() for g in name.get("given") or [] if g) or None
+            if family or given:
+                return family, given
+    return None, None
 
 
 def message_id(destination: str, bundle_id: str) -> str:
@@ -294,6 +326,7 @@ class Edi2Destination:
             generated_at=now, sender=s.sender.party(), receiver=s.receiver.party(),
             patient=alert.patient, subject=s.subject, text="\n".join(alert.lines()),
             encoding=s.encoding, contact_name=s.contact_name, contact_phone=s.contact_phone,
+            dialog_part=s.dialog, question=s.question, question_type=s.question_type,
         ))
 
     async def send(self, delivery: OutboundDelivery) -> Outcome:

@@ -61,6 +61,8 @@ class PeerMessage:
     apprecs: list[dict[str, Any]] = field(default_factory=list)  # simplified AppRecs got
     source_system: str | None = None
     authorization: str | None = None
+    dialog_part: str | None = None  # Dialogmelding 1.1 content: "Foresporsel" or "Notat"
+    transport_state: str = "Acknowledged"  # what GET /Messages/{id}/Status reports
 
 
 def problem(status: int, title: str, detail: str) -> JSONResponse:
@@ -97,6 +99,9 @@ class Edi2Peer:
         self._messages: dict[str, PeerMessage] = {}
         self._lock = threading.Condition()
         self._failures: list[tuple[int, dict[str, str]]] = []
+        # The transport state a newly posted message starts in (Unconfirmed: the
+        # receiver's message handler has not acknowledged it yet).
+        self.next_transport_state = "Acknowledged"
         self._thread = LoopThread("edi2-peer")
         self._server: uvicorn.Server | None = None
         self._sock: socket.socket | None = None
@@ -158,6 +163,9 @@ class Edi2Peer:
             return problem(400, "Receiver not found", f"receiver HER-id {receiver_her} is not "
                            "in Adresseregisteret")
         type_el = info.find(f"{{{MSGHEAD}}}Type")
+        dialog = root.find(f".//{{{DIALOG11}}}Dialogmelding")
+        parts = [etree.QName(c).localname for c in dialog if isinstance(c.tag, str)] \
+            if dialog is not None else []
         message = PeerMessage(
             id=str(uuid.uuid4()), sender_her_id=sender_her or "",
             receiver_her_id=receiver_her or "",
@@ -165,7 +173,8 @@ class Edi2Peer:
             msg_id=(info.findtext(f"{{{MSGHEAD}}}MsgId") or "").strip(),
             msg_type=type_el.get("V") if type_el is not None else None,
             source_system=request.headers.get("nhn-source-system"),
-            authorization=request.headers.get("authorization"))
+            authorization=request.headers.get("authorization"),
+            dialog_part=parts[0] if parts else None, transport_state=self.next_transport_state)
         with self._lock:
             self._messages[message.id] = message
             self._lock.notify_all()
