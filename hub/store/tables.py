@@ -119,6 +119,10 @@ class Delivery(SQLModel, table=True):
     correlation_id: str | None = Field(default=None, max_length=255)
     receipt_deadline: datetime | None = None
     receipt_alerted_at: datetime | None = None
+    # The transport's own id for the message (EDI 2.0 AssignedId) and its last reported
+    # transport state (e.g. Unconfirmed, Acknowledged), while awaiting a receipt.
+    transport_ref: str | None = Field(default=None, max_length=255)
+    transport_state: str | None = Field(default=None, max_length=32)
 
 
 class DeliveryAttempt(SQLModel, table=True):

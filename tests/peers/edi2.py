@@ -63,6 +63,7 @@ class PeerMessage:
     authorization: str | None = None
     dialog_part: str | None = None  # Dialogmelding 1.1 content: "Foresporsel" or "Notat"
     transport_state: str = "Acknowledged"  # what GET /Messages/{id}/Status reports
+    status_asked: int = 0
 
 
 def problem(status: int, title: str, detail: str) -> JSONResponse:
@@ -203,9 +204,11 @@ class Edi2Peer:
         if m is None:
             return problem(404, "Not found", "no such message")
         status = m.apprecs[-1]["appRecStatus"] if m.apprecs else None
-        return JSONResponse([{"receiverHerId": m.receiver_her_id,
-                              "transportDeliveryState": "Acknowledged",
-                              "appRecStatus": status}])
+        with self._lock:
+            m.status_asked += 1
+        return JSONResponse([{"receiverHerId": int(m.receiver_her_id),
+                              "transportDeliveryState": m.transport_state,
+                              "sent": True, "appRecStatus": status}])
 
     async def _business_document(self, request: Request) -> Response:
         m = self._get(request.path_params["id"])
@@ -257,6 +260,12 @@ class Edi2Peer:
         headers = {"retry-after": retry_after} if retry_after else {}
         with self._lock:
             self._failures.extend([(status, headers)] * times)
+
+    def set_transport_state(self, message: PeerMessage, state: str) -> None:
+        """What the receiver's message handler did with a message, as EDI 2.0 reports it:
+        Unconfirmed, Acknowledged, Rejected (ebXML MessageError), Abandoned, Unknown."""
+        with self._lock:
+            message.transport_state = state
 
     def messages(self, *, to: str | None = None) -> list[PeerMessage]:
         with self._lock:

@@ -291,7 +291,8 @@ def test_both_dialog_parts_validate_against_our_xsd(dialog_part):
     # An unknown 9152 code is refused by the schema.
     if dialog_part == "foresporsel":
         bad = SchemaSet(XSD_DIR).validate(build_message(message(question_type="42")))
-        assert len(bad.problems) == 1 and "TypeForesp" in bad.problems[0]
+        assert len(bad.problems) == 1
+        assert "TypeForesp" in bad.problems[0]
 
 
 def _bundle_with_patient(*names: dict[str, object], value: str = "01819012012") -> bytes:
@@ -322,3 +323,38 @@ def test_the_patients_name_comes_from_the_bundles_patient_when_there_is_one():
     assert root.findtext("m:MsgInfo/m:Patient/m:FamilyName", namespaces=ns) == "Ødegård"
     assert root.findtext("m:MsgInfo/m:Patient/m:GivenName", namespaces=ns) == "Åse Marie"
     assert SchemaSet(XSD_DIR).validate(data).problems == ()
+
+
+@pytest.mark.parametrize(("status", "body", "state", "action"), [
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Unconfirmed", "sent": True}],
+     "Unconfirmed", "wait"),
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Acknowledged"}],
+     "Acknowledged", "confirmed"),
+    (200, {"statusList": [{"receiverHerId": 2002, "transportDeliveryState": "Rejected",
+                           "apprecInfo": None}]}, "Rejected", "dead"),
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Abandoned"}],
+     "Abandoned", "resend"),
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Unknown"}], "Unknown", "wait"),
+    (200, [], "Unconfirmed", "wait"),
+    # Another receiver's state does not decide ours.
+    (200, [{"receiverHerId": 9, "transportDeliveryState": "Rejected"},
+           {"receiverHerId": 2002, "transportDeliveryState": "Acknowledged"}],
+     "Acknowledged", "confirmed"),
+])
+def test_edi2_transport_states_map_to_actions(status, body, state, action):
+    from hub.destinations.edi import transport_check
+
+    check = transport_check(HttpResponse(status, {}, json.dumps(body).encode()), "2002")
+    assert check is not None
+    assert (check.state, check.action.value) == (state, action)
+    if action == "dead":
+        assert "ebXML MessageError" in check.detail
+        assert "2002" in check.detail
+
+
+def test_an_unusable_status_answer_means_ask_again_later():
+    from hub.destinations.edi import transport_check
+
+    assert transport_check(HttpResponse(503, {}, b""), "2002") is None
+    assert transport_check(HttpResponse(200, {}, b"not json"), "2002") is None
+    assert transport_check(HttpResponse(200, {}, b'{"x": 1}'), "2002") is None
