@@ -137,7 +137,8 @@ class DeliveryAttempt(SQLModel, table=True):
     worker: str = Field(max_length=128)
     started_at: datetime
     finished_at: datetime
-    outcome: str = Field(max_length=16)
+    # e.g. retry, awaiting, receipt:delivered, transport:resend
+    outcome: str = Field(max_length=32)
     status_code: int | None = None
     detail: str | None = Field(default=None, sa_column=Column(Text))
     retry_after: float | None = None

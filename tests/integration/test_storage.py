@@ -393,3 +393,12 @@ def test_overdue_receipts_are_found_once_marked(repo):
     repo.mark_receipt_alerted(first, datetime.now(UTC))
     assert repo.overdue_receipts(datetime.now(UTC)) == []
     assert repo.status().receipts_overdue == {"ehr": 1}  # still overdue, alerted once
+
+
+def test_an_ok_receipt_is_logged_on_every_database(repo):
+    (first,) = plan(repo, [("patient-a", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 10, 60)
+    await_receipt(repo, batch, "ok", datetime.now(UTC) + timedelta(hours=72))
+    save_receipt(repo, Receipt(f"ok-{first}", ReceiptStatus.DELIVERED, "AppRec 1 (OK)", "ehr"),
+                 "r-ok")
+    assert repo.origins([f"ok-{first}"])[f"ok-{first}"].state == "delivered"
