@@ -301,6 +301,9 @@ def show(state: State, message_id: int, as_json: bool, body: bool, fhir: bool) -
         if d.get("correlation_id"):
             click.echo(f"    correlation id {d['correlation_id']}, receipt due by "
                        f"{_when(d['receipt_deadline'])}")
+        if d.get("transport_state"):
+            click.echo(f"    transport {d['transport_state']} (transport id "
+                       f"{d.get('transport_ref') or '-'})")
         if d["last_error"]:
             label = "last error" if d["state"] != "delivered" else "receipt errors"
             click.echo(f"    {label}: {d['last_error']}")

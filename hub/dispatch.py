@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,14 @@ from typing import Any
 from hub.config import DestinationSettings
 from hub.contracts import Destination
 from hub.domain.delivery import RetryPolicy, next_transition
-from hub.domain.model import DeliveryState, OutboundDelivery, Outcome, OutcomeKind, is_alarm
+from hub.domain.model import (
+    DeliveryState,
+    OutboundDelivery,
+    Outcome,
+    OutcomeKind,
+    TransportAction,
+    is_alarm,
+)
 from hub.domain.privacy import safe_error_text
 from hub.faults import crashpoint
 from hub.logging import bound_message, get_logger
@@ -49,6 +57,7 @@ class Dispatcher:
         self.hook = hook
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._limit = asyncio.Semaphore(settings.concurrency)
+        self._next_transport_check = 0.0
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         """Deliver until `stop` is set; wake early when new deliveries are planned."""
@@ -59,6 +68,12 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatch round failed; retrying", destination=self.name)
                 sent = 0
+            try:
+                if await self.check_transport():
+                    sent = sent or 1  # a resend may be due now
+            except Exception:
+                log.exception("transport status check failed; trying again later",
+                              destination=self.name)
             if sent:
                 # More may be due: per-key FIFO caps a round at one delivery per key, so a
                 # round smaller than the batch does not mean the backlog is empty.
@@ -91,6 +106,40 @@ class Dispatcher:
         crashpoint("after_send_before_mark")
         await self._record(claimed, results)
         return len(claimed)
+
+    async def check_transport(self, now: float | None = None) -> int:
+        """Ask the destination the transport state of its awaiting deliveries (only a
+        destination with `check_transport(ref) -> TransportCheck`, at most every
+        `transport_check_seconds`), and record what changed. Returns how many deliveries
+        were made due again (RESEND)."""
+        check = getattr(self.destination, "check_transport", None)
+        if check is None:
+            return 0
+        clock = time.monotonic() if now is None else now
+        every = float(getattr(self.destination, "transport_check_seconds", 60.0))
+        if clock < self._next_transport_check:
+            return 0
+        self._next_transport_check = clock + every
+        resent = 0
+        for delivery_id, ref in await asyncio.to_thread(self.repo.awaiting_transport,
+                                                        self.name):
+            result = await check(ref)
+            if result is None:  # not answerable now (transport down): next round
+                continue
+            if not await asyncio.to_thread(self.repo.record_transport, delivery_id, result):
+                continue
+            where = {"destination": self.name, "delivery_id": delivery_id,
+                     "transport_state": result.state}
+            if result.action is TransportAction.DEAD:
+                log.error("dead letter: the transport refused the message", **where,
+                          reason=safe_error_text(result.detail))
+            elif result.action is TransportAction.RESEND:
+                resent += 1
+                log.warning("the transport gave up; sending again", **where,
+                            reason=safe_error_text(result.detail))
+            else:
+                log.info("transport state", **where)
+        return resent
 
     def _outbound(self, claimed: ClaimedDelivery) -> OutboundDelivery:
         return OutboundDelivery(
@@ -146,6 +195,8 @@ class Dispatcher:
                 correlation_id=outcome.correlation_id
                 if t.state is DeliveryState.AWAITING_RECEIPT else None,
                 receipt_deadline=t.not_before
+                if t.state is DeliveryState.AWAITING_RECEIPT else None,
+                transport_ref=outcome.transport_ref
                 if t.state is DeliveryState.AWAITING_RECEIPT else None,
             ))
         lost = set(await asyncio.to_thread(self.repo.record_attempts, self.worker, self.name,

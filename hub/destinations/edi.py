@@ -31,7 +31,7 @@ from hub import hookimpl
 from hub.contracts import DestinationType, RegisterDestination
 from hub.domain.delivery import parse_retry_after
 from hub.domain.ids import TRYGGBRO_NAMESPACE
-from hub.domain.model import OutboundDelivery, Outcome
+from hub.domain.model import OutboundDelivery, Outcome, TransportAction, TransportCheck
 from hub.domain.privacy import DNR_SYSTEM, FNR_SYSTEM
 from hub.errors import ConfigError, HubError
 from hub.httpclient import HttpClient, HttpResponse, TransportFailure, ssl_context
@@ -90,6 +90,15 @@ class Edi2Settings(Edi2ClientSettings):
     message: Literal["dialogmelding", "plo"] = Field(
         "dialogmelding", description="Dialogmelding 1.1 (helsefaglig dialog) or PLO "
         "HELSEOPPLYSNINGER_LEGE")
+    dialog: Literal["foresporsel", "notat"] = Field(
+        "foresporsel", description="Dialogmelding content: a Forespørsel (a question the GP "
+        "answers) or a Notat (information only)")
+    question: str = Field(
+        "Vi ber om din vurdering av varselet og om oppfølging er nødvendig.",
+        min_length=1, max_length=2000, description="Forespørsel: the question asked, after "
+        "the alert text")
+    question_type: Literal["1", "4", "6", "7", "8", "99"] = Field(
+        "99", description="Forespørsel TypeForesp, code system 9152 (99 Annen henvendelse)")
     encoding: Literal["UTF-8", "ISO-8859-1"] = "UTF-8"
     sender: PartySettings
     receiver: PartySettings
@@ -101,6 +110,9 @@ class Edi2Settings(Edi2ClientSettings):
     xsd_dir: Path | None = Field(None, description="folder with the official XSDs to "
                                  "validate every message against before it is sent")
     max_connections: int = Field(4, ge=1, le=64)
+    transport_check_seconds: float = Field(
+        60.0, gt=0, description="how often GET /Messages/{id}/Status is asked for messages "
+        "whose transport is not acknowledged yet")
 
 
 def _bearer_token(settings: Edi2ClientSettings, key: str) -> str | None:
@@ -132,6 +144,9 @@ class Edi2Client:
                 "businessDocument": base64.b64encode(document).decode("ascii")}
         return await self.http.request("POST", "Messages", content=json.dumps(body).encode(),
                                        headers={"content-type": "application/json"})
+
+    async def status(self, message_id: str) -> HttpResponse:
+        return await self.http.request("GET", f"Messages/{quote(message_id)}/Status")
 
     async def unread(self, receiver_her_id: str) -> list[dict[str, Any]]:
         response = await self.http.request(
@@ -237,9 +252,32 @@ def read_alert(payload: bytes) -> Alert:
         raise HubError("the DetectedIssue names no patient by FNR, DNR or HNR: a GP message "
                        "needs the patient's national identity")
     coding = ((issue.get("code") or {}).get("coding") or [{}])[0]
-    return Alert(Patient(str(ident["value"]), id_type), coding.get("code"),
+    family, given = _patient_name(bundle, str(ident["value"]))
+    return Alert(Patient(str(ident["value"]), id_type, family, given), coding.get("code"),
                  coding.get("display"), issue.get("detail"), issue.get("severity"),
                  issue.get("identifiedDateTime"))
+
+
+def _patient_name(bundle: dict[str, Any], national_id: str) -> tuple[str | None, str | None]:
+    """Family and given name(s) of the Bundle's Patient with this national id (an HL7
+    v2-sourced event carries one), else (None, None). The official name is preferred;
+    old or temporary names are not used. Personal data: never logged."""
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+            continue
+        if not any(isinstance(i, dict) and str(i.get("value")) == national_id
+                   for i in resource.get("identifier") or []):
+            continue
+        names = [n for n in resource.get("name") or [] if isinstance(n, dict)
+                 and n.get("use") not in ("old", "temp", "anonymous")]
+        names.sort(key=lambda n: n.get("use") != "official")
+        for name in names:
+            family = str(name.get("family") or "").strip() or None
+            given = " ".join(str(g).strip() for g in name.get("given") or [] if g) or None
+            if family or given:
+                return family, given
+    return None, None
 
 
 def message_id(destination: str, bundle_id: str) -> str:
@@ -255,7 +293,8 @@ def outcome_for_post(response: HttpResponse, msg_id: str, deadline: datetime,
     if 200 <= status < 300:
         assigned = _assigned_id(response.body)
         return Outcome.awaiting(f"accepted by EDI 2.0 (AssignedId {assigned}); awaiting AppRec "
-                                f"for MsgId {msg_id}", msg_id, deadline, status)
+                                f"for MsgId {msg_id}", msg_id, deadline, status,
+                                transport_ref=assigned if assigned != "?" else None)
     detail = f"HTTP {status}: {_reason(response.body)}"
     retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     if status in (401, 403):
@@ -276,10 +315,53 @@ def _assigned_id(body: bytes) -> str:
     return str(data)
 
 
+# EDI 2.0 transportDeliveryState (GET /Messages/{id}/Status): Unconfirmed (no ebXML
+# Acknowledgment yet), Acknowledged (Acknowledgment without a severe error), Rejected
+# (ebXML MessageError with HighestSeverity Error), Abandoned (EDI 2.0 stopped resending
+# without an Acknowledgment), Unknown.
+TRANSPORT_ACKNOWLEDGED = "Acknowledged"
+TRANSPORT_REJECTED = "Rejected"
+TRANSPORT_ABANDONED = "Abandoned"
+
+
+def transport_check(response: HttpResponse, receiver_her_id: str) -> TransportCheck | None:
+    """What an answer of GET /Messages/{id}/Status means for the delivery; None when the
+    answer says nothing usable now (an error answer, for example): ask again later."""
+    if not 200 <= response.status < 300:
+        return None
+    try:
+        data = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    items = data.get("statusList") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        return None
+    entries = [i for i in items if isinstance(i, dict)]
+    ours = [i for i in entries if str(i.get("receiverHerId")) == receiver_her_id] or entries
+    if not ours:
+        return TransportCheck("Unconfirmed", TransportAction.WAIT, "no status yet")
+    states = {str(i.get("transportDeliveryState") or "Unknown") for i in ours}
+    where = f"receiver HER-id {receiver_her_id}"
+    if TRANSPORT_REJECTED in states:
+        return TransportCheck(TRANSPORT_REJECTED, TransportAction.DEAD,
+                              f"EDI 2.0 reports the transport rejected by the {where}'s message "
+                              "handler (ebXML MessageError); resending the same message would "
+                              "be refused again: check the receiver's address and CPA")
+    if TRANSPORT_ABANDONED in states:
+        return TransportCheck(TRANSPORT_ABANDONED, TransportAction.RESEND,
+                              f"EDI 2.0 gave up without a transport receipt from the {where}")
+    if states == {TRANSPORT_ACKNOWLEDGED}:
+        return TransportCheck(TRANSPORT_ACKNOWLEDGED, TransportAction.CONFIRMED,
+                              f"transport acknowledged by the {where}")
+    state = sorted(states - {TRANSPORT_ACKNOWLEDGED})[0]
+    return TransportCheck(state, TransportAction.WAIT, f"transport {state} ({where})")
+
+
 class Edi2Destination:
     def __init__(self, name: str, settings: Edi2Settings) -> None:
         self.name = name
         self.settings = settings
+        self.transport_check_seconds = settings.transport_check_seconds
         self.client = Edi2Client(settings, f"destinations.{name}", settings.max_connections)
         self.schemas = SchemaSet(settings.xsd_dir) if settings.xsd_dir else None
         self._warned_missing: set[str] = set()
@@ -294,6 +376,7 @@ class Edi2Destination:
             generated_at=now, sender=s.sender.party(), receiver=s.receiver.party(),
             patient=alert.patient, subject=s.subject, text="\n".join(alert.lines()),
             encoding=s.encoding, contact_name=s.contact_name, contact_phone=s.contact_phone,
+            dialog_part=s.dialog, question=s.question, question_type=s.question_type,
         ))
 
     async def send(self, delivery: OutboundDelivery) -> Outcome:
@@ -318,6 +401,19 @@ class Edi2Destination:
             return Outcome.retry(f"no answer from EDI 2.0 ({exc}); will resend with the same "
                                  "MsgId")
         return outcome_for_post(response, msg_id, deadline, now)
+
+    async def check_transport(self, transport_ref: str) -> TransportCheck | None:
+        """The transport state of a sent message (GET /Messages/{id}/Status)."""
+        try:
+            response = await self.client.status(transport_ref)
+        except TransportFailure as exc:
+            log.warning("EDI 2.0 status not answered; asking again later",
+                        destination=self.name, reason=str(exc))
+            return None
+        if not 200 <= response.status < 300:
+            log.warning("EDI 2.0 status refused; asking again later", destination=self.name,
+                        status=response.status, reason=_reason(response.body))
+        return transport_check(response, self.settings.receiver.party().addressed_her_id)
 
     async def aclose(self) -> None:
         await self.client.aclose()

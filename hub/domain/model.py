@@ -553,6 +553,7 @@ class Outcome:
     retry_after: float | None = None  # seconds, from Retry-After
     correlation_id: str | None = None  # AWAITING: what the receipt will name
     deadline: datetime | None = None  # AWAITING: no receipt by then raises an alert
+    transport_ref: str | None = None  # AWAITING: the transport's id, to ask its status
 
     @classmethod
     def delivered(cls, detail: str = "delivered", status_code: int | None = None) -> Outcome:
@@ -576,9 +577,29 @@ class Outcome:
 
     @classmethod
     def awaiting(cls, detail: str, correlation_id: str, deadline: datetime,
-                 status_code: int | None = None) -> Outcome:
-        """Accepted by the transport; a receipt naming `correlation_id` settles it."""
-        return cls(OutcomeKind.AWAITING, detail, status_code, None, correlation_id, deadline)
+                 status_code: int | None = None, transport_ref: str | None = None) -> Outcome:
+        """Accepted by the transport; a receipt naming `correlation_id` settles it. With
+        `transport_ref`, a destination that has `check_transport` is asked the transport
+        state of the message until it is confirmed (see TransportCheck)."""
+        return cls(OutcomeKind.AWAITING, detail, status_code, None, correlation_id, deadline,
+                   transport_ref)
+
+
+class TransportAction(enum.StrEnum):
+    WAIT = "wait"  # not confirmed yet: ask again later
+    CONFIRMED = "confirmed"  # the transport has it (e.g. EDI 2.0 Acknowledged): stop asking
+    RESEND = "resend"  # the transport gave up: send the delivery again (same payload)
+    DEAD = "dead"  # the transport refused it for good: dead letter, escalated
+
+
+@dataclass(frozen=True, slots=True)
+class TransportCheck:
+    """A destination's answer about an awaiting delivery's transport state (e.g. EDI 2.0
+    GET /Messages/{id}/Status): `state` as the transport names it, what to do, and why."""
+
+    state: str
+    action: TransportAction
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

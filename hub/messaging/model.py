@@ -22,12 +22,24 @@ ID_TYPE_OID = "2.16.578.1.12.4.1.1.8116"  # FNR, DNR, HNR, HPR, HER, ENH
 APPREC_STATUS_OID = "2.16.578.1.12.4.1.1.8258"
 APPREC_ERROR_OID = "2.16.578.1.12.4.1.1.8221"
 DIALOG_TEMA_OID = "2.16.578.1.12.4.1.1.7322"  # Tema for helsefaglig dialog
+# 9152 "Type opplysning ved pasientsamhandling - fra pleie og omsorg": what a question
+# (Foresporsel/TypeForesp) from municipal care to a GP is about.
+FORESPORSEL_TYPE_OID = "2.16.578.1.12.4.1.1.9152"
+FORESPORSEL_TYPES = {
+    "1": "Helseopplysninger",
+    "4": "Legemiddelopplysninger",
+    "6": "Fornye resept(er)",
+    "7": "Time til undersøkelse/behandling",
+    "8": "Status/plan for utskrivning",
+    "99": "Annen henvendelse",
+}
 
 DIALOG_HELSEFAGLIG = "DIALOG_HELSEFAGLIG"
 HELSEOPPLYSNINGER_LEGE = "HELSEOPPLYSNINGER_LEGE"
 
 Encoding = Literal["UTF-8", "ISO-8859-1"]
 MessageKind = Literal["dialogmelding", "plo"]
+DialogPart = Literal["foresporsel", "notat"]  # Dialogmelding 1.1: a question or a note
 
 
 class AppRecStatus(enum.StrEnum):
@@ -83,8 +95,9 @@ class ConversationRef:
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
-    """One GP message: MsgHead v1.2 around a Dialogmelding 1.1 or a PLO
-    HELSEOPPLYSNINGER_LEGE. `subject` and `text` are free text (personal data)."""
+    """One GP message: MsgHead v1.2 around a Dialogmelding 1.1 (a Forespørsel, the
+    default, or a Notat) or a PLO HELSEOPPLYSNINGER_LEGE. `subject`, `text` and
+    `question` are free text (personal data)."""
 
     kind: MessageKind
     msg_id: str
@@ -98,7 +111,10 @@ class OutgoingMessage:
     encoding: Encoding = "UTF-8"
     contact_name: str | None = None  # who at the sender answers questions
     contact_phone: str | None = None
-    dialog_theme: str = "6"  # 7322: 6 Henvendelse om pasient
+    dialog_part: DialogPart = "foresporsel"
+    question: str | None = None  # Forespørsel: what the GP is asked (after the text)
+    question_type: str = "99"  # 9152: 99 Annen henvendelse
+    dialog_theme: str = "6"  # Notat: 7322 6 Henvendelse om pasient
     dialog_theme_text: str = "Henvendelse om pasient"
 
 

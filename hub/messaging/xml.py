@@ -31,6 +31,8 @@ from hub.messaging.model import (
     DIALOG_11_NS,
     DIALOG_HELSEFAGLIG,
     DIALOG_TEMA_OID,
+    FORESPORSEL_TYPE_OID,
+    FORESPORSEL_TYPES,
     FORMAT_NOT_SUPPORTED,
     HELSEOPPLYSNINGER_LEGE,
     HER_OID,
@@ -194,17 +196,28 @@ def build_message(msg: OutgoingMessage) -> bytes:
 
 
 def _dialogmelding(content: Any, msg: OutgoingMessage) -> None:
-    """Dialogmelding 1.1, helsefaglig dialog: one Notat with its theme (7322) and text."""
+    """Dialogmelding 1.1, helsefaglig dialog: one Foresporsel (a question that expects
+    an answer; type from code system 9152) or one Notat (theme from 7322)."""
     dialog = etree.SubElement(content, f"{{{DIALOG_11_NS}}}Dialogmelding",
                               nsmap={None: DIALOG_11_NS})
-    notat = _el(dialog, DIALOG_11_NS, "Notat")
-    _el(notat, DIALOG_11_NS, "TemaKodet", V=msg.dialog_theme, DN=msg.dialog_theme_text,
-        S=DIALOG_TEMA_OID)
-    _el(notat, DIALOG_11_NS, "Tema", msg.subject)
-    _el(notat, DIALOG_11_NS, "TekstNotatInnhold", msg.text)
-    _el(notat, DIALOG_11_NS, "DokIdNotat", msg.msg_id)
+    if msg.dialog_part == "foresporsel":
+        part = _el(dialog, DIALOG_11_NS, "Foresporsel")
+        _el(part, DIALOG_11_NS, "TypeForesp", V=msg.question_type,
+            DN=FORESPORSEL_TYPES.get(msg.question_type, msg.question_type),
+            S=FORESPORSEL_TYPE_OID)
+        _el(part, DIALOG_11_NS, "EmneSporsmal", msg.subject)
+        question = "\n\n".join(p for p in (msg.text, msg.question) if p)
+        _el(part, DIALOG_11_NS, "Sporsmal", question)
+        _el(part, DIALOG_11_NS, "DokIdForesp", msg.msg_id)
+    else:
+        part = _el(dialog, DIALOG_11_NS, "Notat")
+        _el(part, DIALOG_11_NS, "TemaKodet", V=msg.dialog_theme, DN=msg.dialog_theme_text,
+            S=DIALOG_TEMA_OID)
+        _el(part, DIALOG_11_NS, "Tema", msg.subject)
+        _el(part, DIALOG_11_NS, "TekstNotatInnhold", msg.text)
+        _el(part, DIALOG_11_NS, "DokIdNotat", msg.msg_id)
     if msg.contact_name or msg.contact_phone:
-        role = _el(notat, DIALOG_11_NS, "RollerRelatertNotat")
+        role = _el(part, DIALOG_11_NS, "RollerRelatertNotat")
         _el(role, DIALOG_11_NS, "RoleToPatient", V="6", DN="Kontaktperson",
             S="2.16.578.1.12.4.1.1.9034")
         person = _el(role, DIALOG_11_NS, "HealthcareProfessional")
@@ -348,6 +361,7 @@ def _read_msghead(root: Any) -> InboundMessage:
             subject = subject or _text(notat.find(f"{{{dn}}}Tema"))
             texts.extend(t for t in [_text(notat.find(f"{{{dn}}}TekstNotatInnhold"))] if t)
         for question in content_root.iter(f"{{{dn}}}Foresporsel"):
+            subject = subject or _text(question.find(f"{{{dn}}}EmneSporsmal"))
             texts.extend(t for t in [_text(question.find(f"{{{dn}}}Sporsmal"))] if t)
     elif content_root is not None and content_ns == PLO_HELSEOPPLYSNINGER_LEGE_NS:
         subject = _text(content_root.find(f".//{{{PO_KOMPONENT_NS}}}Overskrift"))

@@ -44,6 +44,8 @@ from hub.domain.model import (
     Receipt,
     ReceiptStatus,
     StoredMessage,
+    TransportAction,
+    TransportCheck,
 )
 from hub.domain.privacy import PERSON_ID_SYSTEMS, safe_error_text
 from hub.errors import HubError
@@ -100,6 +102,15 @@ class IntakeResult:
     duplicate: bool
     same_body: bool = True  # False: the dedup key was reused for a different body
     answer: bytes | None = None  # the answer stored with the message (its first copy's)
+
+
+# A confirmed transport is stored as this state, whatever the transport calls it.
+TRANSPORT_CONFIRMED = "acknowledged"
+# Attempt-log outcomes (at most 16 characters) for transport states.
+TRANSPORT_OUTCOMES = {TransportAction.WAIT: "transport:wait",
+                      TransportAction.CONFIRMED: "transport:ok",
+                      TransportAction.RESEND: "transport:resend",
+                      TransportAction.DEAD: "transport:dead"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +185,7 @@ class AttemptRecord:
     pause_until: datetime | None = None
     correlation_id: str | None = None  # awaiting a receipt: what it will name
     receipt_deadline: datetime | None = None
+    transport_ref: str | None = None  # awaiting: the transport's id, to ask its status
 
 
 @dataclass(frozen=True, slots=True)
@@ -762,6 +774,8 @@ class Repository:
                     "b_status": r.status_code, "b_at": to_db(r.finished_at),
                     "b_corr": r.correlation_id,
                     "b_deadline": to_db(r.receipt_deadline) if r.receipt_deadline else None,
+                    "b_tref": r.transport_ref,
+                    "b_tstate": "unconfirmed" if r.transport_ref else None,
                 })
             for (delivered, escalate), params in groups.items():
                 values: dict[str, Any] = {
@@ -769,6 +783,8 @@ class Repository:
                     "last_error": bindparam("b_error"), "last_status": bindparam("b_status"),
                     "correlation_id": bindparam("b_corr"),
                     "receipt_deadline": bindparam("b_deadline"), "receipt_alerted_at": None,
+                    "transport_ref": bindparam("b_tref"),
+                    "transport_state": bindparam("b_tstate"),
                     "lease_owner": None, "lease_until": None, "updated_at": now,
                 }
                 if delivered:
@@ -859,6 +875,59 @@ class Repository:
             finished_at=now, outcome=f"receipt:{receipt.status.value}", status_code=None,
             detail=detail, retry_after=None))
         return "settled"
+
+    @transient
+    def awaiting_transport(self, destination: str, limit: int = 200) -> list[tuple[int, str]]:
+        """(delivery id, transport ref) of deliveries awaiting a receipt whose transport
+        is not confirmed yet, oldest first."""
+        with self.db.read_engine.connect() as conn:
+            rows = conn.execute(
+                select(D.c.id, D.c.transport_ref)
+                .where(D.c.destination == destination,
+                       D.c.state == DeliveryState.AWAITING_RECEIPT.value,
+                       D.c.transport_ref.is_not(None),
+                       or_(D.c.transport_state.is_(None),
+                           D.c.transport_state != TRANSPORT_CONFIRMED))
+                .order_by(D.c.id).limit(limit)
+            ).all()
+        return [(int(r.id), str(r.transport_ref)) for r in rows]
+
+    @transient
+    def record_transport(self, delivery_id: int, check: TransportCheck) -> bool:
+        """Record a transport state of an awaiting delivery. A changed state is logged in
+        its attempt log (`transport:<state>`); CONFIRMED stops the asking, RESEND makes
+        the delivery due again (same payload, same message id), DEAD dead-letters and
+        escalates it with the reason. Returns whether anything changed."""
+        now = utcnow()
+        state = check.state[:32].lower()
+        with self.db.engine.begin() as conn:
+            row = conn.execute(select(D.c.id, D.c.attempts, D.c.transport_state).where(
+                D.c.id == delivery_id, D.c.state == DeliveryState.AWAITING_RECEIPT.value)
+            ).first()
+            if row is None:
+                return False
+            stored = TRANSPORT_CONFIRMED if check.action is TransportAction.CONFIRMED else state
+            if row.transport_state == stored and check.action is TransportAction.WAIT:
+                return False
+            detail = safe_error_text(check.detail) if check.detail else None
+            values: dict[str, Any] = {"transport_state": stored, "updated_at": now}
+            if check.action is TransportAction.DEAD:
+                values.update(state=DeliveryState.DEAD.value, escalated=True,
+                              last_error=f"transport failed: {detail or state}")
+            elif check.action is TransportAction.RESEND:
+                values.update(state=DeliveryState.PENDING.value, not_before=now,
+                              last_error=f"transport gave up; sending again: {detail or state}",
+                              correlation_id=None, receipt_deadline=None, transport_ref=None)
+            conn.execute(update(D).where(D.c.id == delivery_id,
+                                         D.c.state == DeliveryState.AWAITING_RECEIPT.value)
+                         .values(**values))
+            conn.execute(insert(A).values(
+                delivery_id=delivery_id, number=row.attempts, worker="transport",
+                started_at=now, finished_at=now,
+                outcome=TRANSPORT_OUTCOMES[check.action], status_code=None,
+                detail=f"{state}: {detail}" if detail else state,
+                retry_after=None))
+        return True
 
     @transient
     def overdue_receipts(self, now: datetime) -> list[OverdueReceipt]:
@@ -1080,6 +1149,7 @@ class Repository:
                  "last_status": d.last_status, "escalated": d.escalated,
                  "correlation_id": d.correlation_id,
                  "receipt_deadline": from_db(d.receipt_deadline),
+                 "transport_ref": d.transport_ref, "transport_state": d.transport_state,
                  "created_at": from_db(d.created_at), "delivered_at": from_db(d.delivered_at),
                  "attempt_log": attempts.get(d.id, [])}
                 for d in deliveries

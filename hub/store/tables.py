@@ -119,6 +119,10 @@ class Delivery(SQLModel, table=True):
     correlation_id: str | None = Field(default=None, max_length=255)
     receipt_deadline: datetime | None = None
     receipt_alerted_at: datetime | None = None
+    # The transport's own id for the message (EDI 2.0 AssignedId) and its last reported
+    # transport state (e.g. Unconfirmed, Acknowledged), while awaiting a receipt.
+    transport_ref: str | None = Field(default=None, max_length=255)
+    transport_state: str | None = Field(default=None, max_length=32)
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -133,7 +137,8 @@ class DeliveryAttempt(SQLModel, table=True):
     worker: str = Field(max_length=128)
     started_at: datetime
     finished_at: datetime
-    outcome: str = Field(max_length=16)
+    # e.g. retry, awaiting, receipt:delivered, transport:resend
+    outcome: str = Field(max_length=32)
     status_code: int | None = None
     detail: str | None = Field(default=None, sa_column=Column(Text))
     retry_after: float | None = None

@@ -37,7 +37,8 @@ def ehr():
         yield receiver
 
 
-def build(tmp_path, edi, ehr, *, deadline_hours=72.0, encoding="UTF-8", message="dialogmelding"):
+def build(tmp_path, edi, ehr, *, deadline_hours=72.0, encoding="UTF-8", message="dialogmelding",
+          **gp_settings):
     data = config_dict(f"sqlite:///{tmp_path}/hub.db", {
         "gp": {"type": "edi2", "base_url": edi.url, "message": message, "encoding": encoding,
                "source_system": "tryggbro-test",
@@ -45,7 +46,7 @@ def build(tmp_path, edi, ehr, *, deadline_hours=72.0, encoding="UTF-8", message=
                           "unit_name": "Hjemmetjenesten", "unit_her_id": MUNICIPALITY_HER},
                "receiver": {"name": "Legekontoret Åsen", "her_id": GP_OFFICE_HER,
                             "person_name": "Kari Lege", "person_her_id": GP_HER},
-               "receipt_deadline_hours": deadline_hours},
+               "receipt_deadline_hours": deadline_hours, **gp_settings},
         "ehr": {"type": "fhir-rest", "base_url": f"{ehr.url}/fhir/R4"},
     }, routes=[
         {"name": "device-health", "match": {"categories": ["device_health"]},
@@ -92,6 +93,8 @@ async def test_alert_goes_to_the_gp_and_apprecs_settle_it(tmp_path, edi, ehr):
             first = await send_alarm(hub, "ev-1", "A-1")
             (sent,) = await wait_until(lambda: edi.messages(to=GP_HER), what="message at peer")
             assert sent.source_system == "tryggbro-test"
+            assert sent.msg_type == "DIALOG_HELSEFAGLIG"
+            assert sent.dialog_part == "Foresporsel"  # a question, which the GP answers
             assert sent.document.startswith(b"<?xml version='1.0' encoding='ISO-8859-1'?>")
             assert "Øvre Åsen kommune".encode("iso-8859-1") in sent.document
             awaiting = await wait_until(
@@ -228,3 +231,123 @@ async def test_a_hostile_inbound_document_is_journaled_rejected_and_loses_nothin
             await wait_until(lambda: edi.is_read(bad), what="marked read after the AppRec")
     finally:
         hub.close()
+
+
+async def test_the_transport_state_is_polled_until_acknowledged_and_shown(tmp_path, edi, ehr):
+    hub = build(tmp_path, edi, ehr, transport_check_seconds=0.1, dialog="notat")
+    edi.next_transport_state = "Unconfirmed"
+    try:
+        async with running(hub, serve_http=True):
+            first = await send_alarm(hub, "ev-40", "A-40")
+            (sent,) = await wait_until(lambda: edi.messages(to=GP_HER), what="message at peer")
+            assert sent.dialog_part == "Notat"
+            awaiting = await wait_until(
+                lambda: (d := gp_delivery(hub, first))["state"] == "awaiting_receipt" and d,
+                what="awaiting")
+            assert awaiting["transport_ref"] == sent.id  # the id EDI 2.0 assigned
+            await wait_until(lambda: sent.status_asked >= 2, what="status polled")
+            assert gp_delivery(hub, first)["transport_state"] == "unconfirmed"
+
+            edi.set_transport_state(sent, "Acknowledged")
+            acked = await wait_until(
+                lambda: (d := gp_delivery(hub, first))["transport_state"] == "acknowledged"
+                and d, what="transport acknowledged")
+            assert acked["state"] == "awaiting_receipt"  # the AppRec still settles it
+            assert [a["outcome"] for a in acked["attempt_log"]] == ["awaiting", "transport:ok"]
+            asked = sent.status_asked
+            await asyncio.sleep(0.5)
+            assert sent.status_asked == asked  # confirmed: no longer asked
+            shown = await asyncio.to_thread(_show, hub, first)
+            assert "transport acknowledged (transport id " + sent.id in shown
+            edi.gp_apprec(sent, "1")
+            await wait_until(lambda: gp_delivery(hub, first)["state"] == "delivered",
+                             what="delivered after AppRec OK")
+    finally:
+        hub.close()
+
+
+async def test_a_rejected_transport_dead_letters_and_an_abandoned_one_is_sent_again(
+        tmp_path, edi, ehr):
+    hub = build(tmp_path, edi, ehr, transport_check_seconds=0.1)
+    edi.next_transport_state = "Unconfirmed"
+    try:
+        async with running(hub, serve_http=True):
+            first = await send_alarm(hub, "ev-50", "A-50")
+            (sent,) = await wait_until(lambda: edi.messages(to=GP_HER), what="message at peer")
+            await wait_until(lambda: gp_delivery(hub, first)["state"] == "awaiting_receipt",
+                             what="awaiting")
+            edi.set_transport_state(sent, "Rejected")
+            dead = await wait_until(lambda: (d := gp_delivery(hub, first))["state"] == "dead"
+                                    and d, what="dead after a transport rejection")
+            assert dead["escalated"] is True
+            assert dead["transport_state"] == "rejected"
+            assert "ebXML MessageError" in dead["last_error"]
+            assert GP_HER in dead["last_error"]
+            assert dead["attempt_log"][-1]["outcome"] == "transport:dead"
+
+            second = await send_alarm(hub, "ev-51", "A-51")
+            msgs = await wait_until(lambda: len(m := edi.messages(to=GP_HER)) == 2 and m,
+                                    what="second message")
+            edi.set_transport_state(msgs[1], "Abandoned")
+            edi.next_transport_state = "Acknowledged"
+            resent = await wait_until(lambda: len(m := edi.messages(to=GP_HER)) == 3 and m,
+                                      what="the abandoned message sent again")
+            assert resent[2].msg_id == msgs[1].msg_id  # the same MsgId: a GP sees a copy
+            again = await wait_until(
+                lambda: (d := gp_delivery(hub, second))["transport_state"] == "acknowledged"
+                and d, what="the resend acknowledged")
+            assert again["state"] == "awaiting_receipt"
+            assert again["transport_ref"] == resent[2].id
+            assert [a["outcome"] for a in again["attempt_log"]] == [
+                "awaiting", "transport:resend", "awaiting", "transport:ok"]
+    finally:
+        hub.close()
+
+
+def _show(hub, message_id):
+    """`tryggbro show <id>` on the running hub's configuration and database."""
+    from click.testing import CliRunner
+
+    from hub.cli import State, cli
+    state = State(None, hub.plugins)
+    state._config = hub.config
+    result = CliRunner().invoke(cli, ["show", str(message_id)], obj=state)
+    assert result.exit_code == 0, result.output
+    assert PATIENTS[0] not in result.output
+    return result.output
+
+
+async def test_the_patients_name_from_the_bundle_reaches_the_gp_in_msghead(edi):
+    """An event whose Bundle carries a named Patient (HL7 v2-sourced events do): the
+    destination writes Patient/FamilyName and GivenName, over real HTTP to the peer."""
+    from lxml import etree
+
+    from hub.destinations.edi import Edi2Destination, Edi2Settings
+    from hub.domain.model import OutboundDelivery, OutcomeKind
+
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p", "identifier": [
+            {"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": PATIENTS[0]}],
+            "name": [{"use": "official", "family": "Ødegård", "given": ["Åse"]}]}},
+        {"resource": {"resourceType": "DetectedIssue", "id": "d", "severity": "high",
+                      "code": {"coding": [{"code": "5.1", "display": "Oppsummerende varsel"}]},
+                      "patient": {"identifier": {"system": "urn:oid:2.16.578.1.12.4.1.4.1",
+                                                 "value": PATIENTS[0]}}}}]}
+    destination = Edi2Destination("gp", Edi2Settings(
+        base_url=edi.url, source_system="tryggbro-test", encoding="ISO-8859-1",
+        sender={"name": "Kommunen", "her_id": MUNICIPALITY_HER},
+        receiver={"name": "Legekontoret", "her_id": GP_OFFICE_HER}))
+    try:
+        outcome = await destination.send(OutboundDelivery(
+            id=1, message_id=1, destination="gp", bundle_id="b-name",
+            payload=json.dumps(bundle).encode(), priority=50, attempt=1))
+    finally:
+        await destination.aclose()
+    assert outcome.kind is OutcomeKind.AWAITING
+    (sent,) = edi.messages(to=GP_OFFICE_HER)
+    patient = etree.fromstring(sent.document).find(
+        "{*}MsgInfo/{*}Patient")
+    assert [etree.QName(c).localname for c in patient] == ["FamilyName", "GivenName", "Ident"]
+    assert patient.findtext("{*}FamilyName") == "Ødegård"
+    assert patient.findtext("{*}GivenName") == "Åse"
+    assert outcome.transport_ref == sent.id

@@ -288,13 +288,49 @@ def test_recording_no_attempts_is_a_no_op(repo):
     assert repo.record_attempts("w", "ehr", []) == []
 
 
-def await_receipt(repo, claimed, correlation, deadline):
+def await_receipt(repo, claimed, correlation, deadline, transport=False):
     now = datetime.now(UTC)
     return repo.record_attempts("w1", "ehr", [AttemptRecord(
         delivery_id=c.id, attempt=c.attempt, started_at=now, finished_at=now,
         outcome="awaiting", status_code=201, detail="accepted", retry_after=None,
         new_state=DeliveryState.AWAITING_RECEIPT, not_before=deadline,
-        correlation_id=f"{correlation}-{c.id}", receipt_deadline=deadline) for c in claimed])
+        correlation_id=f"{correlation}-{c.id}", receipt_deadline=deadline,
+        transport_ref=f"edi-{c.id}" if transport else None) for c in claimed])
+
+
+def test_transport_states_of_awaiting_deliveries(repo):
+    from hub.domain.model import TransportAction, TransportCheck
+
+    first, second, third = plan(repo, [("patient-a", 50), ("patient-b", 50), ("patient-c", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 10, 60)
+    await_receipt(repo, batch, "m", datetime.now(UTC) + timedelta(hours=72), transport=True)
+    assert repo.awaiting_transport("ehr") == [(first, f"edi-{first}"), (second, f"edi-{second}"),
+                                              (third, f"edi-{third}")]
+    assert repo.awaiting_transport("other") == []
+    # The state first recorded is "unconfirmed": asking again with no change logs nothing.
+    wait = TransportCheck("Unconfirmed", TransportAction.WAIT, "not yet")
+    assert repo.record_transport(first, wait) is False
+    assert repo.record_transport(first, TransportCheck("Acknowledged", TransportAction.CONFIRMED))
+    assert repo.record_transport(second, TransportCheck("Rejected", TransportAction.DEAD,
+                                                        "MessageError"))
+    assert repo.record_transport(third, TransportCheck("Abandoned", TransportAction.RESEND,
+                                                       "no receipt"))
+    assert repo.awaiting_transport("ehr") == []
+    states = {d["id"]: d for t in (repo.message_trace(m["id"]) for m in repo.search_messages())
+              for d in t["deliveries"]}
+    assert (states[first]["state"], states[first]["transport_state"]) == (
+        "awaiting_receipt", "acknowledged")
+    assert states[first]["attempt_log"][-1]["outcome"] == "transport:ok"
+    assert (states[second]["state"], states[second]["escalated"]) == ("dead", True)
+    assert states[second]["last_error"] == "transport failed: MessageError"
+    assert states[third]["state"] == "pending"
+    assert states[third]["correlation_id"] is None
+    assert "sending again" in states[third]["last_error"]
+    (again,) = repo.claim_deliveries("ehr", "w1", 10, 60)
+    assert again.id == third
+    # Only awaiting deliveries change.
+    assert repo.record_transport(second, TransportCheck("Acknowledged",
+                                                        TransportAction.CONFIRMED)) is False
 
 
 def save_receipt(repo, receipt, key, *, each=False):
@@ -357,3 +393,12 @@ def test_overdue_receipts_are_found_once_marked(repo):
     repo.mark_receipt_alerted(first, datetime.now(UTC))
     assert repo.overdue_receipts(datetime.now(UTC)) == []
     assert repo.status().receipts_overdue == {"ehr": 1}  # still overdue, alerted once
+
+
+def test_an_ok_receipt_is_logged_on_every_database(repo):
+    (first,) = plan(repo, [("patient-a", 50)])
+    batch = repo.claim_deliveries("ehr", "w1", 10, 60)
+    await_receipt(repo, batch, "ok", datetime.now(UTC) + timedelta(hours=72))
+    save_receipt(repo, Receipt(f"ok-{first}", ReceiptStatus.DELIVERED, "AppRec 1 (OK)", "ehr"),
+                 "r-ok")
+    assert repo.origins([f"ok-{first}"])[f"ok-{first}"].state == "delivered"

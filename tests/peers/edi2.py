@@ -61,6 +61,9 @@ class PeerMessage:
     apprecs: list[dict[str, Any]] = field(default_factory=list)  # simplified AppRecs got
     source_system: str | None = None
     authorization: str | None = None
+    dialog_part: str | None = None  # Dialogmelding 1.1 content: "Foresporsel" or "Notat"
+    transport_state: str = "Acknowledged"  # what GET /Messages/{id}/Status reports
+    status_asked: int = 0
 
 
 def problem(status: int, title: str, detail: str) -> JSONResponse:
@@ -97,6 +100,9 @@ class Edi2Peer:
         self._messages: dict[str, PeerMessage] = {}
         self._lock = threading.Condition()
         self._failures: list[tuple[int, dict[str, str]]] = []
+        # The transport state a newly posted message starts in (Unconfirmed: the
+        # receiver's message handler has not acknowledged it yet).
+        self.next_transport_state = "Acknowledged"
         self._thread = LoopThread("edi2-peer")
         self._server: uvicorn.Server | None = None
         self._sock: socket.socket | None = None
@@ -158,6 +164,9 @@ class Edi2Peer:
             return problem(400, "Receiver not found", f"receiver HER-id {receiver_her} is not "
                            "in Adresseregisteret")
         type_el = info.find(f"{{{MSGHEAD}}}Type")
+        dialog = root.find(f".//{{{DIALOG11}}}Dialogmelding")
+        parts = [etree.QName(c).localname for c in dialog if isinstance(c.tag, str)] \
+            if dialog is not None else []
         message = PeerMessage(
             id=str(uuid.uuid4()), sender_her_id=sender_her or "",
             receiver_her_id=receiver_her or "",
@@ -165,7 +174,8 @@ class Edi2Peer:
             msg_id=(info.findtext(f"{{{MSGHEAD}}}MsgId") or "").strip(),
             msg_type=type_el.get("V") if type_el is not None else None,
             source_system=request.headers.get("nhn-source-system"),
-            authorization=request.headers.get("authorization"))
+            authorization=request.headers.get("authorization"),
+            dialog_part=parts[0] if parts else None, transport_state=self.next_transport_state)
         with self._lock:
             self._messages[message.id] = message
             self._lock.notify_all()
@@ -194,9 +204,11 @@ class Edi2Peer:
         if m is None:
             return problem(404, "Not found", "no such message")
         status = m.apprecs[-1]["appRecStatus"] if m.apprecs else None
-        return JSONResponse([{"receiverHerId": m.receiver_her_id,
-                              "transportDeliveryState": "Acknowledged",
-                              "appRecStatus": status}])
+        with self._lock:
+            m.status_asked += 1
+        return JSONResponse([{"receiverHerId": int(m.receiver_her_id),
+                              "transportDeliveryState": m.transport_state,
+                              "sent": True, "appRecStatus": status}])
 
     async def _business_document(self, request: Request) -> Response:
         m = self._get(request.path_params["id"])
@@ -248,6 +260,12 @@ class Edi2Peer:
         headers = {"retry-after": retry_after} if retry_after else {}
         with self._lock:
             self._failures.extend([(status, headers)] * times)
+
+    def set_transport_state(self, message: PeerMessage, state: str) -> None:
+        """What the receiver's message handler did with a message, as EDI 2.0 reports it:
+        Unconfirmed, Acknowledged, Rejected (ebXML MessageError), Abandoned, Unknown."""
+        with self._lock:
+            message.transport_state = state
 
     def messages(self, *, to: str | None = None) -> list[PeerMessage]:
         with self._lock:

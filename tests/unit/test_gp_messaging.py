@@ -241,3 +241,120 @@ async def test_the_destination_refuses_a_message_its_xsds_do_not_allow():
     finally:
         await too_long.aclose()
         await valid.aclose()
+
+
+def _dialog_part(data: bytes) -> tuple[str, dict[str, object]]:
+    """The Dialogmelding part (Foresporsel or Notat) as tag → text/attributes, read with
+    lxml directly (not with the hub's reader)."""
+    from lxml import etree
+
+    root = etree.fromstring(data)
+    (dialog,) = root.iter(f"{{{DIALOG_11_NS}}}Dialogmelding")
+    (part,) = list(dialog)
+    fields: dict[str, object] = {}
+    for child in part:
+        name = etree.QName(child).localname
+        fields[name] = dict(child.attrib) if child.attrib else (child.text or "")
+    return etree.QName(part).localname, fields
+
+
+def test_the_dialogmelding_is_a_foresporsel_by_default_and_a_notat_on_request():
+    data = build_message(message(question="Kan du vurdere pasienten?", question_type="7"))
+    part, fields = _dialog_part(data)
+    assert part == "Foresporsel"
+    assert list(fields) == ["TypeForesp", "EmneSporsmal", "Sporsmal", "DokIdForesp",
+                            "RollerRelatertNotat"]
+    assert fields["TypeForesp"] == {"V": "7", "DN": "Time til undersøkelse/behandling",
+                                    "S": "2.16.578.1.12.4.1.1.9152"}
+    assert fields["EmneSporsmal"] == "Varsel: høyt blodtrykk"
+    assert fields["Sporsmal"] == f"{TEXT}\n\nKan du vurdere pasienten?"
+    assert fields["DokIdForesp"] == "6f2d6a1e-0000-4000-8000-000000000001"
+    read = read_message(data)
+    assert isinstance(read, InboundMessage)
+    assert read.subject == "Varsel: høyt blodtrykk"
+    assert read.texts == (f"{TEXT}\n\nKan du vurdere pasienten?",)
+
+    part, fields = _dialog_part(build_message(message(dialog_part="notat")))
+    assert part == "Notat"
+    assert list(fields) == ["TemaKodet", "Tema", "TekstNotatInnhold", "DokIdNotat",
+                            "RollerRelatertNotat"]
+    assert fields["TemaKodet"] == {"V": "6", "DN": "Henvendelse om pasient",
+                                   "S": "2.16.578.1.12.4.1.1.7322"}
+
+
+@pytest.mark.parametrize("dialog_part", ["foresporsel", "notat"])
+def test_both_dialog_parts_validate_against_our_xsd(dialog_part):
+    report = SchemaSet(XSD_DIR).validate(build_message(message(
+        dialog_part=dialog_part, question="Spørsmål?", encoding="ISO-8859-1")))
+    assert report.problems == ()
+    assert report.validated == (MSGHEAD_NS, DIALOG_11_NS)
+    # An unknown 9152 code is refused by the schema.
+    if dialog_part == "foresporsel":
+        bad = SchemaSet(XSD_DIR).validate(build_message(message(question_type="42")))
+        assert len(bad.problems) == 1
+        assert "TypeForesp" in bad.problems[0]
+
+
+def _bundle_with_patient(*names: dict[str, object], value: str = "01819012012") -> bytes:
+    bundle = json.loads(json.dumps(BUNDLE))
+    bundle["entry"].append({"request": {"method": "PUT", "url": "Patient/p"}, "resource": {
+        "resourceType": "Patient", "id": "p",
+        "identifier": [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": value}],
+        "name": list(names)}})
+    return json.dumps(bundle).encode()
+
+
+def test_the_patients_name_comes_from_the_bundles_patient_when_there_is_one():
+    alert = read_alert(_bundle_with_patient(
+        {"use": "old", "family": "Gammel", "given": ["Navn"]},
+        {"use": "official", "family": "Ødegård", "given": ["Åse", "Marie"]}))
+    assert alert.patient == Patient("01819012012", "FNR", "Ødegård", "Åse Marie")
+    # No Patient, a Patient without a name, or another person's Patient: no name.
+    assert read_alert(json.dumps(BUNDLE).encode()).patient == Patient("01819012012", "FNR")
+    assert read_alert(_bundle_with_patient()).patient.family_name is None
+    other = read_alert(_bundle_with_patient({"family": "Annen"}, value="12894513738"))
+    assert other.patient.family_name is None
+    # The name is written in MsgHead Patient and validates.
+    data = build_message(message(patient=alert.patient))
+    from lxml import etree
+
+    root = etree.fromstring(data)
+    ns = {"m": MSGHEAD_NS}
+    assert root.findtext("m:MsgInfo/m:Patient/m:FamilyName", namespaces=ns) == "Ødegård"
+    assert root.findtext("m:MsgInfo/m:Patient/m:GivenName", namespaces=ns) == "Åse Marie"
+    assert SchemaSet(XSD_DIR).validate(data).problems == ()
+
+
+@pytest.mark.parametrize(("status", "body", "state", "action"), [
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Unconfirmed", "sent": True}],
+     "Unconfirmed", "wait"),
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Acknowledged"}],
+     "Acknowledged", "confirmed"),
+    (200, {"statusList": [{"receiverHerId": 2002, "transportDeliveryState": "Rejected",
+                           "apprecInfo": None}]}, "Rejected", "dead"),
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Abandoned"}],
+     "Abandoned", "resend"),
+    (200, [{"receiverHerId": 2002, "transportDeliveryState": "Unknown"}], "Unknown", "wait"),
+    (200, [], "Unconfirmed", "wait"),
+    # Another receiver's state does not decide ours.
+    (200, [{"receiverHerId": 9, "transportDeliveryState": "Rejected"},
+           {"receiverHerId": 2002, "transportDeliveryState": "Acknowledged"}],
+     "Acknowledged", "confirmed"),
+])
+def test_edi2_transport_states_map_to_actions(status, body, state, action):
+    from hub.destinations.edi import transport_check
+
+    check = transport_check(HttpResponse(status, {}, json.dumps(body).encode()), "2002")
+    assert check is not None
+    assert (check.state, check.action.value) == (state, action)
+    if action == "dead":
+        assert "ebXML MessageError" in check.detail
+        assert "2002" in check.detail
+
+
+def test_an_unusable_status_answer_means_ask_again_later():
+    from hub.destinations.edi import transport_check
+
+    assert transport_check(HttpResponse(503, {}, b""), "2002") is None
+    assert transport_check(HttpResponse(200, {}, b"not json"), "2002") is None
+    assert transport_check(HttpResponse(200, {}, b'{"x": 1}'), "2002") is None
