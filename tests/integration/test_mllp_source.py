@@ -4,7 +4,6 @@ driven by raw sockets, python-hl7's asyncio client and its `mllp_send` CLI."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 import subprocess
 import sys
@@ -456,8 +455,6 @@ async def test_python_hl7_asyncio_client(lab):
     assert [r[1].decode("iso-8859-1").count("Ærlig^Åse") for r in rows(hub)] == [1, 1, 1]
 
 
-@pytest.mark.skipif(shutil.which("mllp_send", path=str(VENV_BIN)) is None,
-                    reason="mllp_send is installed with python-hl7")
 async def test_mllp_send_cli_with_a_corpus_file(start, tmp_path):
     hub, port = await start(processing_ids=["P", "T"])
     source = CORPUS / "ADT-A01-01.hl7"
