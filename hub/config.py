@@ -64,6 +64,13 @@ class HttpSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     root_path: str = ""
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="the request line and headers must arrive within this (408 and close)")
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="a request body must be complete this long after its head")
+    max_connections: int = Field(1024, ge=1, le=1_000_000)
+    max_connections_per_ip: int = Field(256, ge=1, le=1_000_000)
 
 
 class AdminSettings(Strict):

@@ -138,6 +138,7 @@ class Hub:
         self._processor_wake: asyncio.Event | None = None
         self._dispatch_wake: dict[str, asyncio.Event] = {}
         self._stop: asyncio.Event | None = None
+        self.http_port: int | None = None  # the bound HTTP port once serving ([http] port 0)
         self._notify_dispatch: Callable[[], None] | None = None
         self._supervisor: StageSupervisor | None = None
 
@@ -320,13 +321,16 @@ class Hub:
         import uvicorn
 
         from hub.api.app import create_app
+        from hub.api.slowclients import guarded_protocol
 
         app = create_app(self)
+        # uvicorn has no deadline for a request head or body: guarded_protocol adds them
+        # and the connection caps (docs/operations.md, "Slow clients").
         server = uvicorn.Server(uvicorn.Config(
             app, host=self.config.http.host, port=self.config.http.port,
             root_path=self.config.http.root_path, log_config=None, access_log=False,
             lifespan="off", timeout_keep_alive=30, h11_max_incomplete_event_size=64 * 1024,
-            server_header=False,
+            server_header=False, http=guarded_protocol(self.config.http),
         ))
 
         async def watch_stop() -> None:
@@ -342,6 +346,8 @@ class Hub:
             async def announce() -> None:
                 while not server.started:
                     await asyncio.sleep(0.02)
+                if server.servers and server.servers[0].sockets:
+                    self.http_port = server.servers[0].sockets[0].getsockname()[1]
                 ready()
             announcer = asyncio.create_task(announce())
         try:

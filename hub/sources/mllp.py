@@ -74,7 +74,8 @@ class MllpSourceSettings(BaseModel):
     port: int = Field(2575, ge=0, le=65535, description="TCP port (0: any free port)")
     max_frame_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
     idle_timeout_seconds: float = Field(
-        300.0, gt=0, description="close a connection with no frame in progress after this")
+        300.0, gt=0, description="close a connection when no frame starts this long after "
+        "it opened or after its last frame (CR/LF between frames do not count as activity)")
     frame_timeout_seconds: float = Field(
         60.0, gt=0, description="a frame must be complete this long after its start block")
     max_connections: int = Field(256, ge=1, le=100_000)
@@ -223,13 +224,16 @@ class MllpSource:
         frames = FrameReader(s.max_frame_bytes)
         loop = asyncio.get_running_loop()
         frame_deadline = 0.0
+        # Between frames the idle deadline counts from the connection or the last frame,
+        # not from the last byte: CR/LF trickled between frames do not keep a slot.
+        idle_deadline = loop.time() + s.idle_timeout_seconds
         task = asyncio.current_task()
         assert task is not None
         while True:
             if frames.mid_frame:
                 timeout = frame_deadline - loop.time()
             else:
-                timeout = s.idle_timeout_seconds
+                timeout = idle_deadline - loop.time()
                 self._waiting.add(task)
             try:
                 async with asyncio.timeout(max(timeout, 0.0)):
@@ -264,7 +268,19 @@ class MllpSource:
                 if answer is None:
                     continue
                 writer.write(frame(answer))
-                await writer.drain()
+                try:
+                    # A sender that does not read its ACKs must not hold the slot.
+                    async with asyncio.timeout(s.frame_timeout_seconds):
+                        await writer.drain()
+                except TimeoutError:
+                    log.warning("mllp sender does not read its ACKs; closing the "
+                                "connection", source=self.name, remote=ip,
+                                frame_timeout_seconds=s.frame_timeout_seconds)
+                    return
+            if complete:
+                idle_deadline = loop.time() + s.idle_timeout_seconds
+            # The frame deadline counts from the start block: bytes trickled into the
+            # frame do not extend it.
             if frames.mid_frame and (not was_mid or complete):
                 frame_deadline = loop.time() + s.frame_timeout_seconds
 
