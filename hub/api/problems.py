@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from hub.domain.privacy import safe_error_text
 from hub.errors import InputError
@@ -61,6 +62,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         ]
         text = "; ".join(f"{e['where']}: {e['problem']}" for e in errors)
         return problem(400, "invalid-request", text, request.url.path, errors=errors)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnected(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away, or the slow-client body deadline closed the connection
+        # (hub/api/slowclients.py), before the body was complete: nothing was stored,
+        # and this answer goes nowhere.
+        log.info("client disconnected before its request body was complete; nothing "
+                 "stored", path=request.url.path)
+        return problem(400, "client-disconnected", "the connection closed before the "
+                       "request body was complete; nothing was stored", request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

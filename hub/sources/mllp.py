@@ -156,7 +156,9 @@ class MllpSource:
     async def start(self) -> None:
         s = self.settings
         self._server = await asyncio.start_server(
-            self._accept, s.host, s.port, limit=65536,
+            # backlog as uvicorn's: asyncio's default (100) drops SYNs in a connection
+            # burst, and a real sender's retry then waits a second or more.
+            self._accept, s.host, s.port, limit=65536, backlog=2048,
             ssl=server_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file))
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp listener started", source=self.name, port=self.port,
