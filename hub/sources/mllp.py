@@ -155,11 +155,15 @@ class MllpSource:
 
     async def start(self) -> None:
         s = self.settings
+        context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+        # A connection is counted against the caps only once its TLS handshake is done:
+        # the handshake gets frame_timeout_seconds (asyncio's default is 60 s).
+        tls: dict[str, Any] = {} if context is None else {
+            "ssl": context, "ssl_handshake_timeout": s.frame_timeout_seconds}
         self._server = await asyncio.start_server(
             # backlog as uvicorn's: asyncio's default (100) drops SYNs in a connection
             # burst, and a real sender's retry then waits a second or more.
-            self._accept, s.host, s.port, limit=65536, backlog=2048,
-            ssl=server_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file))
+            self._accept, s.host, s.port, limit=65536, backlog=2048, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mllp listener started", source=self.name, port=self.port,
                  tls=self.settings.tls_cert_file is not None)

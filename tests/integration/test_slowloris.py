@@ -337,3 +337,54 @@ async def test_silent_keepalive_and_between_frame_trickles_are_closed(tryggbro_h
         # The keep-alive and MLLP clocks start at our first byte / the ACK, which the
         # server sees a moment later: allow 0.1 s on the low side.
         assert SHORT - 0.1 <= lifetime <= SHORT + MARGIN, lifetimes
+
+
+async def test_idle_tls_handshakes_on_mllp_are_closed(tryggbro_hub, tmp_path):
+    """A TLS listener: connections that never finish the handshake (silent, or trickling
+    a ClientHello) are closed after frame_timeout_seconds, while a real TLS sender is
+    answered meanwhile."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    config = CONFIG.replace(f"frame_timeout_seconds = {LIMIT}",
+                            f"frame_timeout_seconds = {SHORT}\n"
+                            f'tls_cert_file = "{tmp_path / "server.pem"}"\n'
+                            f'tls_key_file = "{tmp_path / "server.pem"}"')
+    hub = tryggbro_hub(config)
+    loop = asyncio.get_running_loop()
+    async with running(hub, serve_http=True):
+        port = hub.sources["lab"].port
+        assert port is not None
+
+        async def handshake_never_done(first: bytes) -> float:
+            t0 = loop.time()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                           local_addr=(ATTACKERS[0], 0))
+            # A TLS record header for a 512-byte handshake message, then a byte a second.
+            when, said = await closed_after(reader, writer, first + b"\x00" * 40, 1.0)
+            writer.close()
+            assert said == b""
+            return when - t0
+
+        idle = [asyncio.create_task(handshake_never_done(b"")) for _ in range(50)]
+        idle += [asyncio.create_task(handshake_never_done(b"\x16\x03\x01\x02\x00"))
+                 for _ in range(50)]
+        await asyncio.sleep(0.3)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        t0 = loop.time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        real = Mllp(reader, writer)
+        _, ack = await real.exchange(msg("TLS-1"))
+        answered = loop.time() - t0
+        real.close()
+        assert msa(ack)[1:3] == ["AA", "TLS-1"]
+        lifetimes = await asyncio.gather(*idle)
+    print(f"TLS handshakes never done: closed after {min(lifetimes):.2f}-"
+          f"{max(lifetimes):.2f} s; real TLS message answered in {answered:.3f} s")
+    assert answered < PROMPT
+    assert all(SHORT <= t <= SHORT + MARGIN for t in lifetimes), lifetimes
