@@ -69,6 +69,12 @@ max_connections_per_ip = {CAP}
 [destinations.files]
 type = "folder"
 path = "out"
+
+# This test is about the listeners: the alarms are journaled, then filtered.
+[[routes]]
+name = "alarms"
+action = "filter"
+match = {{ categories = ["safety_alarm"] }}
 """
 
 
