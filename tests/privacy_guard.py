@@ -272,7 +272,10 @@ class PrivacyGuard:
         self.scanned_dirs: set[Path] = set()
         self._registries: weakref.WeakSet[Any] = weakref.WeakSet()
         self._undo: list[Callable[[], None]] = []
-        self.lines_seen = 0
+        self.lines_seen = 0  # rendered in this process
+        self.file_lines_seen = 0  # in log files (subprocess hubs)
+        self.error_texts_seen = 0
+        self.labels_seen = 0
 
     # scanning, usable without pytest
     def check(self, place: str, text: str) -> list[Leak]:
@@ -296,14 +299,17 @@ class PrivacyGuard:
             if path.suffix in LOG_SUFFIXES:
                 text = path.read_text(encoding="utf-8", errors="replace")
                 for number, line in enumerate(text.splitlines(), 1):
+                    self.file_lines_seen += 1
                     self.check(f"{place}:{number} ({_logger_of(line)})", line)
             elif _is_sqlite(path):
                 for column, value in stored_error_texts_sqlite(path):
+                    self.error_texts_seen += 1
                     self.check(f"{place} {column}", value)
         self.scanned_dirs.add(folder)
 
     def check_database(self, url: str, label: str) -> None:
         for column, value in stored_error_texts_url(url):
+            self.error_texts_seen += 1
             self.check(f"{label} {column}", value)
 
     def check_registry(self, registry: Any) -> None:
@@ -314,6 +320,7 @@ class PrivacyGuard:
         for family in families:
             for sample in family.samples:
                 for label, value in sample.labels.items():
+                    self.labels_seen += 1
                     self.check(f"metric {sample.name}{{{label}}}", str(value))
 
     # hooks into the hub
@@ -401,7 +408,8 @@ class PrivacyGuard:
         if not self.leaks:
             terminalreporter.write_line(
                 f"privacy guard: no personal data in {self.lines_seen} log lines, "
-                f"metric labels or stored error texts")
+                f"{self.file_lines_seen} lines of log files, {self.labels_seen} metric labels, "
+                f"{self.error_texts_seen} stored error texts")
             return
         terminalreporter.section("privacy guard: personal data leaked", red=True)
         shown = self.leaks[:200]
