@@ -19,6 +19,10 @@ from tests.peers.postgres import PostgresCluster
 
 ROOT = Path(__file__).resolve().parent
 
+# Issue 5: no 11-digit number, patient name or GPS position in any log line, metric label
+# or stored error text over the whole run (tests/privacy_guard.py).
+pytest_plugins = ["tests.privacy_guard"]
+
 # A developer's shell must not change which plugins the tests load.
 for _var in ("TRYGGBRO_LOAD_PLUGINS", "TRYGGBRO_BLOCK_PLUGINS", "TRYGGBRO_CRASH_AT",
              "TRYGGBRO_CONFIG"):
@@ -33,11 +37,15 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture
-def pg_url(pg_cluster: PostgresCluster) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test."""
+def pg_url(pg_cluster: PostgresCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; its stored error texts are scanned
+    by the privacy guard before it is dropped."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     url = pg_cluster.create_database(name)
     yield url
+    guard = request.config.pluginmanager.get_plugin("privacy-guard")
+    if guard is not None:
+        guard.check_database(url, f"postgresql database {name}")
     pg_cluster.drop_database(name)
 
 
