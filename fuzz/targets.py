@@ -277,6 +277,8 @@ def _gp_seeds() -> list[bytes]:
         AppRecError,
         AppRecStatus,
         ConversationRef,
+        Encoding,
+        MessageKind,
         OutgoingMessage,
         Party,
         Patient,
@@ -285,7 +287,9 @@ def _gp_seeds() -> list[bytes]:
 
     msg_id = "6f2d6a1e-0000-4000-8000-000000000001"
     seeds = []
-    for kind, encoding in (("dialogmelding", "UTF-8"), ("plo", "ISO-8859-1")):
+    variants: tuple[tuple[MessageKind, Encoding], ...] = (
+        ("dialogmelding", "UTF-8"), ("plo", "ISO-8859-1"))
+    for kind, encoding in variants:
         seeds.append(build_message(OutgoingMessage(
             kind=kind, msg_id=msg_id, conversation=ConversationRef(msg_id, msg_id),
             generated_at=NOW, sender=Party("Øvre Åsen kommune", "1001", "Hjemmetjenesten",

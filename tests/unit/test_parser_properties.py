@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from fuzz import targets
 from fuzz.targets import REGRESSIONS, TARGETS, TOKENS, mutate
+from hub.contracts import IntakeRequest
 from hub.hl7v2.adapter import Hl7Refusal
 from hub.hl7v2.framing import FrameReader, FramingError
 from hub.hl7v2.reader import parse_time
@@ -111,7 +112,7 @@ def test_non_ascii_digits_in_pid3_are_refused_not_crashed(value):
         "||8859/1\r", "||UNICODE UTF-8\r").encode("utf-8")
     with pytest.raises(Hl7Refusal) as info:
         targets._hl7_adapter().intake_key(
-            targets.IntakeRequest("sykehus", "application/hl7-v2", body, {}))
+            IntakeRequest("sykehus", "application/hl7-v2", body, {}))
     assert info.value.error.location == "PID-3[1]"
     assert "not 11 digits" in info.value.error.text
     assert value not in info.value.error.text  # the refusal never echoes the number
@@ -119,7 +120,8 @@ def test_non_ascii_digits_in_pid3_are_refused_not_crashed(value):
 
 def test_the_csv_header_that_is_not_csv_is_reported_not_raised():
     report = parse_csv('source;device_id;"device_type"x;patient\n', device_types=["x"])
-    assert report.errors and report.errors[0].startswith("line 1: the header row is not CSV")
+    assert report.errors
+    assert report.errors[0].startswith("line 1: the header row is not CSV")
     assert report.requests == []
 
 
