@@ -21,11 +21,14 @@ from hypothesis import strategies as st
 from fuzz import targets
 from fuzz.targets import REGRESSIONS, TARGETS, TOKENS, mutate
 from hub.contracts import IntakeRequest
+from hub.domain.delivery import parse_retry_after
+from hub.errors import InputError
 from hub.hl7v2.adapter import Hl7Refusal
 from hub.hl7v2.framing import FrameReader, FramingError
 from hub.hl7v2.reader import parse_time
 from hub.hl7v2.wire import ERROR_NAMES, Hl7Error, decode
 from hub.registry import parse_csv
+from hub.sources.http import verify_webhook
 
 # Modest example counts: the whole module runs in well under a minute on CI.
 PROPERTY = settings(max_examples=150, deadline=2000, derandomize=True,
@@ -59,6 +62,37 @@ def test_mutated_valid_input_is_parsed_or_refused_with_its_error(name):
         TARGETS[name].check(data)
 
     run()
+
+
+FIELD_VALUES = st.sampled_from([
+    "", "^", "~~~~", "\\X0\\", "\\X0G\\", "\\Q1\\", "\\", "&&&", "20261301", "2026011110150099",
+    "20260111101500+2400", "2.9", "2.5^x", "ADT", "ORU^R01", "NM", "SN", "CWE", "1e999", "-",
+    "9" * 40, "01819012012^^^FNR^FNR", "0181901201²", "x" * 5000, "A" * 300,
+]) | st.text(max_size=30)
+
+
+@st.composite
+def hl7_with_one_field_changed(draw: st.DrawFn) -> bytes:
+    """A valid HL7 message (a replay input) with one field of one segment replaced."""
+    body = draw(st.sampled_from(targets.seeds("hl7_adapter")))
+    text = body.decode("latin-1")  # byte-preserving: the MSH-18 decode is the parser's job
+    segments = text.replace("\n", "\r").split("\r")
+    s = draw(st.integers(0, len(segments) - 1))
+    fields = segments[s].split("|")
+    f = draw(st.integers(1, max(1, len(fields) - 1)))
+    if s == 0 and f == 1:
+        f = 2  # MSH-2 is fields[1]: changing it is a delimiter test of its own
+    value = draw(FIELD_VALUES)
+    fields[f:f + 1] = [value] if f < len(fields) else [*fields[f:], value]
+    segments[s] = "|".join(fields)
+    return "\r".join(segments).encode("utf-8" if "UTF-8" in segments[0] else "latin-1",
+                                      errors="replace")
+
+
+@PROPERTY
+@given(hl7_with_one_field_changed())
+def test_hl7_with_one_field_changed_is_mapped_or_refused_with_code_and_location(data):
+    targets.check_hl7_adapter(data)
 
 
 @pytest.mark.parametrize("name", sorted(TARGETS))
@@ -146,3 +180,15 @@ def test_mllp_reader_never_returns_bytes_that_were_not_framed():
     assert reader.feed(b"\x0bMSH|a\x1c\r\r\n\x0bMSH|b\x1c\r") == [b"MSH|a", b"MSH|b"]
     with pytest.raises(FramingError):
         reader.feed(b"\x0b" + b"x" * 17)
+
+
+@pytest.mark.parametrize("stamp", ["1779999999²", "١٧٧٩٩٩٩٩٩٩"])
+def test_a_webhook_timestamp_of_non_ascii_digits_is_refused(stamp):
+    headers = {"webhook-id": "m1", "webhook-timestamp": stamp, "webhook-signature": "v1,x"}
+    with pytest.raises(InputError) as info:
+        verify_webhook([b"k"], headers, b"{}", 300, now=1779999999)
+    assert info.value.status == 401
+
+
+def test_a_retry_after_of_non_ascii_digits_is_not_a_delay():
+    assert parse_retry_after("3²", targets.NOW) is None
