@@ -102,7 +102,7 @@ class ImportReport:
 
 def infer_person_type(value: str) -> str:
     """fnr, dnr (first digit + 4) or hnr (month + 40); FHN must be said explicitly."""
-    if len(value) == 11 and value.isdigit():
+    if len(value) == 11 and value.isascii() and value.isdigit():
         if int(value[0]) >= 4:
             return "dnr"
         if int(value[2]) >= 4 and int(value[2:4]) not in range(81, 93):
@@ -234,7 +234,7 @@ def parse_enrolment(record: Mapping[str, Any], *, device_types: Iterable[str],
     heartbeat: timedelta | None = None
     if get("heartbeat_minutes"):
         text = values["heartbeat_minutes"]
-        if not text.isdigit() or int(text) == 0:
+        if not (text.isascii() and text.isdigit()) or int(text) == 0:
             problems.append(f"heartbeat_minutes: {text!r} is not a positive whole number")
         else:
             heartbeat = timedelta(minutes=int(text))
@@ -274,7 +274,11 @@ def parse_csv(text: str, *, device_types: Iterable[str],
     dialect = ";" if text.split("\n", 1)[0].count(";") > text.split("\n", 1)[0].count(",") \
         else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=dialect, strict=True)
-    header = [h.strip() for h in reader.fieldnames or []]
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+    except csv.Error as exc:
+        report.errors.append(f"line 1: the header row is not CSV: {exc}")
+        return report
     missing = [f for f in REQUIRED if f not in header]
     unknown = [h for h in header if h not in FIELDS]
     if missing or unknown:
@@ -323,4 +327,4 @@ def overlaps(requests: list[EnrolmentRequest]) -> list[str]:
 
 
 def _digits(text: str, n: int) -> bool:
-    return len(text) == n and text.isdigit()
+    return len(text) == n and text.isascii() and text.isdigit()

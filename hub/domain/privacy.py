@@ -27,7 +27,7 @@ _W2 = (5, 4, 3, 2, 7, 6, 5, 4, 3, 2, 1)
 
 def national_id_checksum_ok(value: str) -> bool:
     """Mod-11 check of an 11-digit fødselsnummer, D-number or FHN (both check digits)."""
-    if len(value) != 11 or not value.isdigit():
+    if len(value) != 11 or not (value.isascii() and value.isdigit()):
         return False
     digits = [int(c) for c in value]
     first = sum(w * d for w, d in zip(_W1, digits[:10], strict=True)) % 11

@@ -291,7 +291,8 @@ class _Message:
         namespace, universal, universal_type = (component(rep, 4, 1), component(rep, 4, 2),
                                                 component(rep, 4, 3).upper())
         system = NATIONAL_OIDS.get(universal) or NATIONAL_TYPES.get(type_code or "")
-        if system == FNR_SYSTEM and value[:1].isdigit() and int(value[0]) >= 4:
+        first = value[:1]
+        if system == FNR_SYSTEM and first.isascii() and first.isdigit() and int(first) >= 4:
             system = DNR_SYSTEM  # a D-number has 4 added to the first digit of the day
         if system is not None:
             problem = person_id_problem(system, value)
@@ -358,8 +359,9 @@ class _Message:
         chosen = next((national[s] for s in NATIONAL_PREFERENCE if s in national), None)
         if chosen is not None:
             assigner = chosen.assigner if chosen.system == HNR_SYSTEM else None
-            if chosen.system == HNR_SYSTEM and not (assigner and assigner.isdigit()
-                                                    and len(assigner) == 9):
+            if chosen.system == HNR_SYSTEM and not (
+                    assigner and assigner.isascii() and assigner.isdigit()
+                    and len(assigner) == 9):
                 raise Hl7Error("PID-3: an H-number needs its assigning authority as an "
                                "organisation number (CX-4)", code="101", location="PID-3",
                                reject=False)
@@ -598,7 +600,7 @@ class _Message:
             where = f"OBX[{n}]"
             code_rep = obx.rep(3)
             code, system = component(code_rep, 1), component(code_rep, 3)
-            if system != MDC or not code.isdigit():
+            if system != MDC or not (code.isascii() and code.isdigit()):
                 raise Hl7Error(f"{where} OBX-3: a PCD-01 message codes every observation in "
                                "MDC (code^MDC_REFID^MDC)", code="103", location="OBX-3",
                                reject=False)

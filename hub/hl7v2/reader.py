@@ -15,11 +15,17 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 
 import hl7
+import hl7.util
 from hl7.containers import Repetition
 
 from hub.hl7v2.wire import Hl7Error
 
 Rep = list[list[str]]  # components → subcomponents
+
+# python-hl7 logs a field it cannot unescape *with the field's value* (a name, an FNR, an
+# address) and a traceback, then keeps the text as sent. Logs never carry personal data,
+# so its logger is silenced; the text is read as sent either way.
+hl7.util.logger.disabled = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,8 @@ def _rep(message: hl7.Message, rep: object) -> Rep:
 
 # --- times ------------------------------------------------------------------------------
 
-_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$",
+                  re.ASCII)
 
 
 def parse_time(value: str, where: str, zone: tzinfo) -> datetime | None:
@@ -114,7 +121,11 @@ def parse_time(value: str, where: str, zone: tzinfo) -> datetime | None:
     tz: tzinfo = zone
     if offset:
         sign = 1 if offset[0] == "+" else -1
-        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+        hours, minutes = int(offset[1:3]), int(offset[3:5])
+        if hours > 14 or minutes > 59:  # UTC-12:00 … UTC+14:00 are the offsets in use
+            raise Hl7Error(f"{where}: time zone offset is not ±HHMM within ±1400",
+                           code="102", location=where, reject=False)
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
         return datetime(int(year), int(month or 1), int(day or 1), int(hour or 0),
                         int(minute or 0), int(second or 0),

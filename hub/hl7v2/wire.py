@@ -145,6 +145,9 @@ def decode(frame: bytes, *, default_charset: str = "utf-8") -> Decoded:
         raise Hl7Error("the message does not start with an MSH segment", code="100",
                        location="MSH")
     end = _segment_end(data)
+    if end < 8:
+        raise Hl7Error("the MSH segment ends before MSH-2 declares the delimiters "
+                       "(e.g. MSH|^~\\&|)", code="102", location="MSH-2")
     # MSH bytes of every supported set are ASCII-compatible: latin-1 reads them safely
     # enough to find MSH-18 before the message's own set is known.
     msh = data[:end].decode("iso-8859-1")

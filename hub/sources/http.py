@@ -82,7 +82,7 @@ def verify_webhook(secrets: Sequence[bytes], headers: Mapping[str, str], body: b
     if "." in msg_id or len(msg_id) > 255:
         raise InputError("bad-webhook-id",
                          "webhook-id must not contain '.' and must be at most 255 characters")
-    if not stamp.isdigit():
+    if not (stamp.isascii() and stamp.isdigit()):
         raise InputError("bad-signature", "webhook-timestamp must be integer Unix seconds", 401)
     age = (now if now is not None else time.time()) - int(stamp)
     if abs(age) > tolerance_s:

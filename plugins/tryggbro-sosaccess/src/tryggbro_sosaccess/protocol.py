@@ -170,6 +170,9 @@ class DocumentReader:
             raise self.error(Status.INVALID_XML,
                              f"not well-formed XML at line {exc.lineno} column {exc.offset}: "
                              f"{reason}") from None
+        except LookupError:  # expat asked Python for a codec it does not know
+            raise self.error(Status.INVALID_XML,
+                             "the XML declaration names an unknown encoding") from None
         if final and not self.complete:
             raise self.error(Status.INVALID_XML, "the document ended before its root element")
         return self.complete
