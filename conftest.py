@@ -19,6 +19,10 @@ from tests.peers.postgres import PostgresCluster
 
 ROOT = Path(__file__).resolve().parent
 
+# Loggers must not freeze their pipeline on first use in tests: `capture_logs` in a later
+# test has to see loggers an earlier test already used (hub.logging).
+os.environ["TRYGGBRO_LOG_CACHE"] = "0"
+
 # Issue 5: no 11-digit number, patient name or GPS position in any log line, metric label
 # or stored error text over the whole run (tests/privacy_guard.py).
 pytest_plugins = ["tests.privacy_guard"]

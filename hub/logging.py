@@ -119,7 +119,10 @@ def configure_logging(level: str = "info", redaction_key: bytes | None = None,
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Each logger's pipeline is fixed on first use, for speed. A test suite that swaps
+        # the pipeline later (`structlog.testing.capture_logs`) sets TRYGGBRO_LOG_CACHE=0,
+        # or a logger some earlier test used would bypass the capture.
+        cache_logger_on_first_use=os.environ.get("TRYGGBRO_LOG_CACHE", "1") != "0",
     )
 
 
