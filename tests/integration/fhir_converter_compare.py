@@ -79,7 +79,16 @@ class Result:
         return [f for f in self.fields if not f.agree]
 
 
+def require_corpus() -> None:
+    """The shared corpus sits beside the project root in CI; without it these tests fail
+    with the reason instead of silently not running."""
+    if not CORPUS.is_dir():
+        raise FileNotFoundError(f"{CORPUS} is missing: the shared folder (../shared) must "
+                                "sit beside the project root")
+
+
 def expected_files() -> list[Path]:
+    require_corpus()
     return sorted(p for t in COMPARED_TYPES for p in (EXPECTED / t).glob("*-expected.json"))
 
 

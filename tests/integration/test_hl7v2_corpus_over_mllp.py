@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 from hub.domain.model import MessageState
 from hub.hl7v2 import decode
-from tests.integration.fhir_converter_compare import OPTIONS, compare
+from tests.integration.fhir_converter_compare import OPTIONS, compare, require_corpus
 from tests.integration.running import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +58,6 @@ destinations = ["ehr"]
 """
 ACK_FRAME = re.compile(rb"\x0b(.*?)\x1c\r", re.S)
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="peer corpus not present")
-
 
 def corpus_stream() -> tuple[bytes, list[tuple[str, bytes]]]:
     """One file holding all 139 messages (as `mllp_send --loose` reads them), and what
@@ -69,6 +67,7 @@ def corpus_stream() -> tuple[bytes, list[tuple[str, bytes]]]:
     BOM would end up inside the previous message; the BOM path is tested on its own in
     test_mllp_source.py.
     """
+    require_corpus()
     files = sorted(CORPUS.glob("*.hl7"))
     assert len(files) == 139
     parts = []

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.fhir_converter_compare import (
-    CORPUS,
     INVALID_R4,
     OUT_OF_SCOPE,
     Result,
@@ -20,8 +19,6 @@ from tests.integration.fhir_converter_compare import (
 DOC = Path(__file__).resolve().parents[2] / "docs" / "hl7v2.md"
 ROW = re.compile(r"^\| `([^`]+)` \| ([^|]*) \| ([^|]*) \| (theirs wrong|ours wrong|"
                  r"different choice): (.+) \|$")
-
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="peer corpus not present")
 
 
 @pytest.fixture(scope="module")

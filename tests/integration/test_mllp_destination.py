@@ -20,13 +20,11 @@ from hub.hl7v2.framing import FrameReader, frame
 from tests.integration.test_mllp_source import rows
 from tests.integration.test_mllp_source import start as start
 from tests.integration.test_mllp_source import tryggbro_plugins as tryggbro_plugins
-from tests.peers.mllp import hl7apy_peer, node_hl7_available, node_hl7_peer, python_hl7_peer
+from tests.peers.mllp import hl7apy_peer, node_hl7_peer, python_hl7_peer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 BUNDLE = json.loads((FIXTURES / "dho/cases/01-blood-pressure/expected.json").read_text()
                     )[0]["events"][0]["bundle"]
-needs_node = pytest.mark.skipif(not node_hl7_available(),
-                                reason="run `make node-hl7` (npm ci in tests/peers/node-hl7)")
 
 
 def delivery(n: int, bundle: dict[str, Any] | None = None) -> OutboundDelivery:
@@ -72,7 +70,6 @@ async def test_hl7apy_peer_ae_is_retried_with_its_reason():
     assert "PRT" in outcome.detail
 
 
-@needs_node
 async def test_node_peer_duplicate_acks_are_ignored_on_a_persistent_connection():
     with node_hl7_peer("AA") as port:
         dest = destination(port, connection="persistent")
@@ -84,7 +81,6 @@ async def test_node_peer_duplicate_acks_are_ignored_on_a_persistent_connection()
     assert ignored >= 3  # message n brings n-1 stale ACKs; some arrive after our read
 
 
-@needs_node
 @pytest.mark.parametrize(("code", "kind"), [("AE", OutcomeKind.RETRY),
                                              ("AR", OutcomeKind.REJECTED),
                                              ("CA", OutcomeKind.DELIVERED)])

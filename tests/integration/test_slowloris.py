@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +25,6 @@ from tests.integration import hl7_test_plugin
 from tests.integration.helpers import SOURCE_KEY, SOURCE_KEY_ENV, alarm_event, body
 from tests.integration.running import running
 from tests.integration.test_mllp_source import msa, msg
-
-pytestmark = pytest.mark.skipif(sys.platform != "linux",
-                                reason="needs 127.0.0.2-6 routed to loopback (Linux)")
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 3.0          # header, body and frame deadlines, seconds

@@ -56,11 +56,10 @@ def hl7apy_peer() -> contextlib.AbstractContextManager[int]:
     return _run([sys.executable, str(PEERS / "hl7apy_ack_server.py"), str(port)], port)
 
 
-def node_hl7_available() -> bool:
-    return (NODE_HL7 / "node_modules" / "node-hl7-server").is_dir()
-
-
 def node_hl7_peer(code: str = "AA") -> contextlib.AbstractContextManager[int]:
+    # A missing peer is an error naming the command that installs it, never a skip.
+    if not (NODE_HL7 / "node_modules" / "node-hl7-server").is_dir():
+        raise RuntimeError(f"node-hl7-server is not installed in {NODE_HL7}: run `make node-hl7`")
     port = free_port()
     return _run(["node", "ack-server.cjs", str(port), code], port, cwd=NODE_HL7)
 
