@@ -19,7 +19,6 @@ a VKP profile: a hospital-local record number is allowed only here (docs/hl7v2.m
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from hub import hookimpl
@@ -208,10 +207,6 @@ def concept(c: CodedValue) -> dict[str, Any]:
     return out
 
 
-def _decimal(value: Decimal) -> int | float:
-    return number(value)
-
-
 def observation_id(event: Event, r: LabResult) -> str:
     return resource_id(event.source, f"{event.business_key}|{r.result_id}", "Observation")
 
@@ -233,7 +228,7 @@ def lab_observation(event: Event, report: LabReport, r: LabResult,
     if effective is not None:
         resource["effectiveDateTime"] = vkp.instant(effective)
     if r.number is not None:
-        q: dict[str, Any] = {"value": _decimal(r.number)}
+        q: dict[str, Any] = {"value": number(r.number)}
         if r.comparator:
             q["comparator"] = r.comparator
         if r.unit_text:
@@ -260,9 +255,9 @@ def lab_observation(event: Event, report: LabReport, r: LabResult,
         unit = ({"unit": r.unit_text} if r.unit_text else {}) | (
             {"system": vkp.UCUM, "code": r.unit} if r.unit else {})
         if r.reference_range.low is not None:
-            rr["low"] = {"value": _decimal(r.reference_range.low), **unit}
+            rr["low"] = {"value": number(r.reference_range.low), **unit}
         if r.reference_range.high is not None:
-            rr["high"] = {"value": _decimal(r.reference_range.high), **unit}
+            rr["high"] = {"value": number(r.reference_range.high), **unit}
         if r.reference_range.text:
             rr["text"] = r.reference_range.text
         resource["referenceRange"] = [rr]

@@ -32,18 +32,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pysiaalarm.event import SIAEvent
 from sqlalchemy import text
 
 from fuzz.targets import TOKENS, mutate, seeds
 from hub.hl7v2.framing import FrameReader, frame
 from hub.logging import configure_logging
-from hub.plugins import PluginHost
 from tests.integration import hl7_test_plugin
 from tests.integration.helpers import SOURCE_KEY, SOURCE_KEY_ENV, alarm_event, body
 from tests.integration.running import running
 from tests.integration.test_mllp_source import msg
+from tests.integration.test_mllp_source import tryggbro_plugins as tryggbro_plugins
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261122
@@ -106,14 +105,6 @@ action = "filter"
 match = {{ categories = ["safety_alarm", "device_health", "access", "medication",
                         "measurement", "position", "clinical"] }}
 """
-
-
-@pytest.fixture
-def tryggbro_plugins() -> PluginHost:
-    host = PluginHost()
-    host.load_entry_points()
-    host.register(hl7_test_plugin, "test-hl7v2")
-    return host
 
 
 # --- the generators -------------------------------------------------------------------

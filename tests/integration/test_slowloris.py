@@ -17,14 +17,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from hub.hl7v2.framing import FrameReader, frame
-from hub.plugins import PluginHost
 from tests.integration import hl7_test_plugin
 from tests.integration.helpers import SOURCE_KEY, SOURCE_KEY_ENV, alarm_event, body
 from tests.integration.running import running
 from tests.integration.test_mllp_source import msa, msg
+from tests.integration.test_mllp_source import tryggbro_plugins as tryggbro_plugins
 
 REPO = Path(__file__).resolve().parents[2]
 LIMIT = 3.0          # header, body and frame deadlines, seconds
@@ -72,14 +70,6 @@ name = "alarms"
 action = "filter"
 match = {{ categories = ["safety_alarm"] }}
 """
-
-
-@pytest.fixture
-def tryggbro_plugins() -> PluginHost:
-    host = PluginHost()
-    host.load_entry_points()
-    host.register(hl7_test_plugin, "test-hl7v2")
-    return host
 
 
 @dataclass
