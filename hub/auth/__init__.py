@@ -40,33 +40,38 @@ a key, an assertion, a proof or a token; neither does the `repr` of any object h
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from hub.auth.keys import SigningKey, jwk_thumbprint
+from hub.auth.oauth import (
+    AuthError,
+    AuthRejected,
+    AuthUnavailable,
+    DPoPSigner,
+    RequestAuthorizer,
+    TokenClient,
+    access_token_hash,
+    build_authorizer,
+    htu,
+    outcome_for_auth_error,
+    send_authorized,
+)
+from hub.auth.settings import NO_AUTH, AuthBinding, AuthRef, AuthSection
 
-from hub.httpclient import HttpResponse
-
-
-@runtime_checkable
-class RequestAuthorizer(Protocol):
-    """Authorization headers for outbound requests to one resource server."""
-
-    async def authorize(self, method: str, url: str) -> dict[str, str]:
-        """Headers for one request: ``authorization`` (``Bearer …`` or ``DPoP …``) and,
-        with DPoP, a ``dpop`` proof for `method` and `url` (absolute; query and fragment
-        are left out of ``htu``) with ``ath`` and the server's latest nonce. Gets or reuses
-        a cached access token (per scope set, until shortly before it expires).
-
-        Raises AuthRejected (pause) or AuthUnavailable (retry)."""
-        ...
-
-    async def handle_challenge(self, url: str, response: HttpResponse) -> bool:
-        """Look at the resource server's answer to a request made with `authorize`'s
-        headers (call it with every answer: it also keeps a rotated ``DPoP-Nonce``).
-
-        True when exactly one more attempt with fresh `authorize` headers can succeed: a
-        ``use_dpop_nonce`` challenge (the nonce is now stored) or a 401 ``invalid_token``
-        (the cached token is dropped). The caller retries at most once."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release the token endpoint's connections."""
-        ...
+__all__ = [
+    "NO_AUTH",
+    "AuthBinding",
+    "AuthError",
+    "AuthRef",
+    "AuthRejected",
+    "AuthSection",
+    "AuthUnavailable",
+    "DPoPSigner",
+    "RequestAuthorizer",
+    "SigningKey",
+    "TokenClient",
+    "access_token_hash",
+    "build_authorizer",
+    "htu",
+    "jwk_thumbprint",
+    "outcome_for_auth_error",
+    "send_authorized",
+]
