@@ -12,7 +12,7 @@ an `AuthBinding`. ``"none"`` means no authorization.
 Build the authorizer once, in the destination's factory (it loads the key: a missing file
 or environment variable is a ConfigError there)::
 
-    authorizer = build_authorizer(settings.auth, key=f"destinations.{name}.auth",
+    authorizer = build_authorizer(settings.auth, key=f"destinations.{name}",
                                   scopes=["nhn:jft/api"], resource_base_url=settings.base_url)
 
 Send through it: `send_authorized` adds ``Authorization`` (and a fresh ``DPoP`` proof),

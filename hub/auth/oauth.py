@@ -419,7 +419,8 @@ def build_authorizer(binding: AuthBinding, *, key: str, scopes: Sequence[str] | 
                      resource_base_url: str | None = None,
                      bearer_token_env: str | None = None,
                      resource_tls: ssl.SSLContext | None = None) -> RequestAuthorizer:
-    """The authorizer for a destination's ``auth`` key (`key` names it in errors).
+    """The authorizer for a destination's ``auth`` key (`key`, e.g. ``destinations.jft``,
+    names the destination in errors).
 
     `scopes` override the section's; `resource_base_url` lets SMART discover its token
     endpoint; `bearer_token_env` serves ``auth = "bearer"`` (the destination's older key)."""
@@ -429,13 +430,17 @@ def build_authorizer(binding: AuthBinding, *, key: str, scopes: Sequence[str] | 
     if binding.name == "none":
         return NoAuthorizer()
     if binding.name == "bearer" or isinstance(section, BearerAuth):
-        env = section.token_env if isinstance(section, BearerAuth) else bearer_token_env
+        env: str | None
+        if isinstance(section, BearerAuth):
+            env, where = section.token_env, f"auth.{binding.name}.token_env"
+        else:
+            env, where = bearer_token_env, f"{key}.token_env"
         if not env:
-            raise ConfigError(f"{key}: auth = 'bearer' needs token_env (the variable holding "
-                              "the token)")
+            raise ConfigError(f"{where}: auth = 'bearer' needs token_env (the variable "
+                              "holding the token)")
         token = os.environ.get(env)
         if not token:
-            raise ConfigError(f"{key}: environment variable {env} (the bearer token) is not set")
+            raise ConfigError(f"{where}: environment variable {env} is not set")
         return StaticBearerAuthorizer(token)
     assert isinstance(section, HelseIdAuth | SmartAuth)
     where = f"auth.{binding.name}"

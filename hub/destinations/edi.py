@@ -132,7 +132,7 @@ class Edi2Client:
 
     def __init__(self, settings: Edi2ClientSettings, key: str, max_connections: int = 4) -> None:
         headers = {"accept": "application/json", SOURCE_SYSTEM_HEADER: settings.source_system}
-        self.authorizer = build_authorizer(settings.auth, key=f"{key}.auth",
+        self.authorizer = build_authorizer(settings.auth, key=key,
                                            scopes=settings.scopes,
                                            bearer_token_env=settings.token_env)
         self.http = HttpClient(

@@ -221,7 +221,7 @@ def _factory(name: str, settings: FhirRestSettings) -> FhirRestDestination:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{key}: cannot load the TLS certificate, key or CA file: "
                           f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
-    authorizer = build_authorizer(settings.auth, key=f"{key}.auth", scopes=settings.scopes,
+    authorizer = build_authorizer(settings.auth, key=key, scopes=settings.scopes,
                                   resource_base_url=settings.base_url,
                                   bearer_token_env=settings.token_env, resource_tls=tls)
     return FhirRestDestination(name, settings, authorizer, settings.max_connections, tls)

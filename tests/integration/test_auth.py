@@ -619,3 +619,50 @@ async def test_edi2_destination_uses_a_helseid_section(tmp_path, sts, key_file, 
     assert claims["cnf"]["jkt"]
     assert headers["authorization"].startswith("DPoP ")
     assert sts.errors()[-1] is None
+
+
+async def test_cached_token_is_renewed_shortly_before_it_expires(tmp_path, key_file, rsa_key):
+    with AuthorizationServer(token_lifetime=2) as sts:
+        sts.register_client(CLIENT_ID, public_jwk(rsa_key), {SCOPE})
+        with ProtectedFhirServer(verifier=sts.verifier(), required_scope=SCOPE) as fhir:
+            settings = settings_for(tmp_path, {"base_url": fhir.base_url, "auth": "helseid"},
+                                    {"helseid": helseid_section(sts, key_file)})
+            destination = _factory("ehr", settings)
+            try:
+                first = [await destination.send(delivery(n)) for n in (1, 2)]
+                assert sts.errors() == [None]  # cached
+                await asyncio.sleep(1.2)  # past half the 2 s lifetime: renewed before expiry
+                later = await destination.send(delivery(3))
+            finally:
+                await destination.aclose()
+    assert [o.kind for o in [*first, later]] == [OutcomeKind.DELIVERED] * 3
+    assert sts.errors() == [None, None]
+
+
+class _RestlessVerifier:
+    """A resource server that wants a new nonce on every request (misbehaving)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def verify_request(self, *args: Any) -> dict[str, Any]:
+        self.inner.rotate_nonce()
+        result: dict[str, Any] = self.inner.verify_request(*args)
+        return result
+
+
+async def test_a_nonce_challenge_is_answered_once_not_in_a_loop(tmp_path, sts, key_file,
+                                                                 rsa_key):
+    sts.register_client(CLIENT_ID, public_jwk(rsa_key), {SCOPE})
+    inner = sts.verifier(require_dpop=True, require_nonce=True)
+    with ProtectedFhirServer(verifier=_RestlessVerifier(inner),  # type: ignore[arg-type]
+                             required_scope=SCOPE) as fhir:
+        settings = settings_for(tmp_path, {"base_url": fhir.base_url, "auth": "helseid"},
+                                {"helseid": helseid_section(sts, key_file)})
+        (outcome,) = await send_all(_factory("ehr", settings))
+    assert outcome.kind is OutcomeKind.PAUSE
+    assert "use_dpop_nonce" in outcome.detail
+    assert inner.rejected == ["use_dpop_nonce", "use_dpop_nonce"]  # the first try + one retry
