@@ -5,9 +5,10 @@ The API (for destination authors; VKP, JFT, PMD, fhir-rest and edi2 use it):
 
 Configuration: a named ``[auth.<name>]`` section (``type = "helseid" | "smart" |
 "bearer"``, see docs/configuration.md) and, in the destination's settings model, a field
-``auth: AuthRef = "none"``. The hub resolves the name when it validates the destination's
-settings (an unknown name is a configuration error naming the key); the field then holds
-an `AuthBinding`. ``"none"`` means no authorization.
+``auth: AuthRef = NO_AUTH`` (TOML: ``auth = "<name>"``). The hub resolves the name when it
+validates the destination's settings (an unknown name is a configuration error naming the
+key); the field then holds an `AuthBinding`. ``"none"`` means no authorization;
+``"bearer"`` a static token from the variable passed as `bearer_token_env`.
 
 Build the authorizer once, in the destination's factory (it loads the key: a missing file
 or environment variable is a ConfigError there)::

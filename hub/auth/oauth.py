@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import ssl
 import time
@@ -424,8 +425,6 @@ def build_authorizer(binding: AuthBinding, *, key: str, scopes: Sequence[str] | 
 
     `scopes` override the section's; `resource_base_url` lets SMART discover its token
     endpoint; `bearer_token_env` serves ``auth = "bearer"`` (the destination's older key)."""
-    import os
-
     section = binding.section
     if binding.name == "none":
         return NoAuthorizer()
