@@ -104,7 +104,8 @@ async def test_vkp_alarm_is_written_per_resource_under_the_org_number(tmp_path, 
             done = await wait_until(lambda: (d := delivery_of(hub, first, "vkp"))["state"]
                                     == "delivered" and d, what="delivered to VKP")
         kinds = sorted(r.resource_type for r in vkp.resources())
-        assert "DetectedIssue" in kinds and "Encounter" in kinds
+        assert "DetectedIssue" in kinds
+        assert "Encounter" in kinds
         assert all(r.orgnr == ORG and r.scheme == "Bearer" and r.vkp_id == VKP_ID
                    for r in vkp.resources())
         assert done["attempts"] == 1
@@ -203,7 +204,8 @@ async def test_vkp_dispenser_bundle_and_missing_scope(vkp):
         dest.auth = EnvTokenAuth(narrow)
         refused = await dest.send(delivery(bundle))
         assert refused.kind is OutcomeKind.PAUSE
-        assert "1.5 NotAuthorized" in refused.detail and "scopes" in refused.detail
+        assert "1.5 NotAuthorized" in refused.detail
+        assert "scopes" in refused.detail
     finally:
         await dest.aclose()
 
@@ -303,11 +305,13 @@ async def test_jft_never_journaled_by_the_deadline_raises_an_alert(tmp_path, jft
                                      timeout=20, what="overdue alert")
             assert hub.repo.status().receipts_overdue == {"jft": 1}
             d = delivery_of(hub, first, "jft")
-        assert d["state"] == "awaiting_receipt" and d["transport_state"] == "read"
+        assert d["state"] == "awaiting_receipt"
+        assert d["transport_state"] == "read"
         (alert,) = files
         issues = [e["resource"] for e in json.loads(alert.read_text())["entry"]
                   if e["resource"]["resourceType"] == "DetectedIssue"]
-        assert "Ingen kvittering" in issues[0]["detail"] and "jft" in issues[0]["detail"]
+        assert "Ingen kvittering" in issues[0]["detail"]
+        assert "jft" in issues[0]["detail"]
     finally:
         hub.close()
 
@@ -374,7 +378,8 @@ async def test_pmd_collection_bundle_with_the_municipality_tag(pmd):
     assert obs["subject"]["identifier"]["value"] == PATIENTS[0]
     assert obs["performer"] == [{"identifier": {"system": "urn:oid:2.16.578.1.12.4.1.4.101",
                                                 "value": ORG}}]
-    assert structure_problems(b) == [] and r5_problems(b) == []
+    assert structure_problems(b) == []
+    assert r5_problems(b) == []
 
 
 async def test_pmd_sends_only_observations_and_refuses_bundles_without_any(pmd):
@@ -386,7 +391,8 @@ async def test_pmd_sends_only_observations_and_refuses_bundles_without_any(pmd):
         assert [e["resource"]["resourceType"] for e in pmd.stored()[0].bundle["entry"]] \
             == ["Observation"]
         alarm = await dest.send(delivery(golden("dispenser/cases/01-dispensed-unassisted")))
-        assert alarm.kind is OutcomeKind.REJECTED and "Observations only" in alarm.detail
+        assert alarm.kind is OutcomeKind.REJECTED
+        assert "Observations only" in alarm.detail
         pmd.fail_next(503)
         assert (await dest.send(delivery(golden("dho/cases/02-spo2")))).kind \
             is OutcomeKind.RETRY
@@ -397,7 +403,8 @@ async def test_pmd_sends_only_observations_and_refuses_bundles_without_any(pmd):
         refused = await wrong.send(delivery(golden("dho/cases/02-spo2")))
     finally:
         await wrong.aclose()
-    assert refused.kind is OutcomeKind.PAUSE and "HTTP 403" in refused.detail
+    assert refused.kind is OutcomeKind.PAUSE
+    assert "HTTP 403" in refused.detail
 
 
 def test_r5_check_names_r4_only_shapes_and_the_peer_agrees(pmd):

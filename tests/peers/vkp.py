@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import re
-from urllib.parse import parse_qs
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
