@@ -18,12 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from hub.auth.settings import CONTEXT_KEY as AUTH_CONTEXT_KEY
+from hub.auth.settings import RESERVED as RESERVED_AUTH_NAMES
+from hub.auth.settings import AuthSection, resolve_paths
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG_ENV = "TRYGGBRO_CONFIG"
 
 # Keys that would hold a secret in clear; the message says what to write instead.
-_SECRET_KEY = re.compile(r"(^|_)(api_key|apikey|secret|secrets|token|tokens|password|passwd)$")
+_SECRET_KEY = re.compile(
+    r"(^|_)(api_key|apikey|secret|secrets|token|tokens|password|passwd|private_key)$")
 
 
 class Strict(BaseModel):
@@ -179,6 +183,17 @@ class Config(Strict):
     sources: dict[str, SourceSettings] = {}
     destinations: dict[str, DestinationSettings] = {}
     routes: list[RouteSettings] = []
+    auth: dict[str, AuthSection] = Field(
+        default_factory=dict, description="named OAuth clients (HelseID, SMART) that "
+        "destinations refer to with auth = \"<name>\"")
+
+    @field_validator("auth")
+    @classmethod
+    def _auth_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if name in RESERVED_AUTH_NAMES:
+                raise ValueError(f"[auth.{name}]: the name is reserved; choose another")
+        return value
 
     # Set by the loader, not by the file.
     path: Path = Path("tryggbro.toml")
@@ -189,6 +204,11 @@ class Config(Strict):
 
     def resolve(self, p: Path) -> Path:
         return p if p.is_absolute() else (self.base_dir / p)
+
+    def auth_sections(self) -> dict[str, Any]:
+        """The [auth.X] sections with their relative paths resolved (the validation context
+        that turns a destination's ``auth = "X"`` into an `AuthBinding`)."""
+        return {name: resolve_paths(section, self.base_dir) for name, section in self.auth.items()}
 
     def database_url(self) -> str:
         """The effective database URL, relative SQLite paths resolved against the file."""
@@ -326,6 +346,7 @@ def validate_type_settings(config: Config, key: str, model: type[BaseModel],
                            values: Mapping[str, Any]) -> BaseModel:
     """Validate a source's or destination's type-specific keys with the type's model."""
     try:
-        return model.model_validate(dict(values))
+        return model.model_validate(dict(values),
+                                    context={AUTH_CONTEXT_KEY: config.auth_sections()})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(config.path, exc, prefix=key + ".")) from None

@@ -34,6 +34,10 @@ class TransportFailure(Exception):
 
 def ssl_context(ca_file: str | None = None, cert_file: str | None = None,
                 key_file: str | None = None) -> ssl.SSLContext:
+    """Client-side TLS (1.2 or newer): `ca_file` to trust (else the system's CAs) and, for
+    mutual TLS, the client certificate chain `cert_file` with its `key_file`. This context
+    is what carries the client certificate to httpx (`verify=ctx`): httpx 0.28 drops
+    `cert=` when `verify` is a path (stack.md §2.8)."""
     ctx = ssl.create_default_context(cafile=ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cert_file:
@@ -54,6 +58,7 @@ class HttpClient:
     def __init__(self, base_url: str, *, timeout: float = 10.0, connect_timeout: float = 3.0,
                  max_connections: int = 16, verify: ssl.SSLContext | bool = True,
                  headers: Mapping[str, str] | None = None) -> None:
+        self.base_url = base_url
         pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
         per_pool = -(-max_connections // pools)
         self._clients = [
@@ -69,6 +74,14 @@ class HttpClient:
             for _ in range(pools)
         ]
         self._busy = [0] * pools
+
+    def absolute_url(self, url: str) -> str:
+        """The URL a request for `url` goes to (httpx appends a relative URL to the base
+        path, leading slash or not): what a DPoP proof's `htu` must name."""
+        if "://" in url:
+            return url
+        base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
+        return base + url.lstrip("/")
 
     async def request(self, method: str, url: str, *, content: bytes | None = None,
                       headers: Mapping[str, str] | None = None) -> HttpResponse:

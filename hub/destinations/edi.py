@@ -9,15 +9,16 @@ GP's AppRec (correlated by our MsgId), due within `receipt_deadline_hours`. Tran
 failures (no answer, 408, 429, 5xx) retry; 401/403 pause the destination; other 4xx
 reject with the server's reason. See docs/gp-messaging.md.
 
-Auth: a bearer token from an environment variable (`token_env`). HelseID (client
-credentials with DPoP) comes later behind the same seam: `_bearer_token`.
+Auth: `auth = "<name>"` names an `[auth.<name>]` section (HelseID: client credentials with
+private_key_jwt and DPoP, hub.auth); `auth = "bearer"` takes a bearer token from the
+environment variable `token_env` (the simple option). A token endpoint that refuses the
+client pauses the destination; one that does not answer is retried.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,12 +29,20 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hub import hookimpl
+from hub.auth import (
+    NO_AUTH,
+    AuthError,
+    AuthRef,
+    build_authorizer,
+    outcome_for_auth_error,
+    send_authorized,
+)
 from hub.contracts import DestinationType, RegisterDestination
 from hub.domain.delivery import parse_retry_after
 from hub.domain.ids import TRYGGBRO_NAMESPACE
 from hub.domain.model import OutboundDelivery, Outcome, TransportAction, TransportCheck
 from hub.domain.privacy import DNR_SYSTEM, FNR_SYSTEM
-from hub.errors import ConfigError, HubError
+from hub.errors import HubError
 from hub.httpclient import HttpClient, HttpResponse, TransportFailure, ssl_context
 from hub.logging import get_logger
 from hub.messaging.model import ConversationRef, OutgoingMessage, Party, Patient
@@ -71,15 +80,18 @@ class Edi2ClientSettings(BaseModel):
     base_url: str = Field(description="EDI 2.0 REST base URL")
     source_system: str = Field("tryggbro", min_length=1, max_length=100,
                                description="sent as the nhn-source-system header")
-    auth: Literal["none", "bearer"] = "none"
+    auth: AuthRef = Field(NO_AUTH, description="\"none\", \"bearer\" (with token_env) or "
+                          "the name of an [auth.<name>] section (HelseID)")
     token_env: str | None = Field(None, description="env var holding the bearer token")
+    scopes: list[str] = Field(default_factory=list, description="scopes asked for (default: "
+                              "the auth section's scopes)")
     timeout_seconds: float = Field(10.0, gt=0)
     connect_timeout_seconds: float = Field(3.0, gt=0)
     ca_file: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Edi2ClientSettings:
-        if self.auth == "bearer" and not self.token_env:
+        if self.auth.name == "bearer" and not self.token_env:
             raise ValueError("auth = 'bearer' needs token_env (the variable holding the token)")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
@@ -115,41 +127,37 @@ class Edi2Settings(Edi2ClientSettings):
         "whose transport is not acknowledged yet")
 
 
-def _bearer_token(settings: Edi2ClientSettings, key: str) -> str | None:
-    """The seam for HelseID: today a token from the environment."""
-    if settings.auth != "bearer" or not settings.token_env:
-        return None
-    token = os.environ.get(settings.token_env)
-    if not token:
-        raise ConfigError(f"{key}.token_env: environment variable {settings.token_env} "
-                          "is not set")
-    return token
-
-
 class Edi2Client:
     """The EDI 2.0 REST calls the hub makes (docs: domain.md §2.3)."""
 
     def __init__(self, settings: Edi2ClientSettings, key: str, max_connections: int = 4) -> None:
         headers = {"accept": "application/json", SOURCE_SYSTEM_HEADER: settings.source_system}
-        token = _bearer_token(settings, key)
-        if token:
-            headers["authorization"] = f"Bearer {token}"
+        self.authorizer = build_authorizer(settings.auth, key=f"{key}.auth",
+                                           scopes=settings.scopes,
+                                           bearer_token_env=settings.token_env)
         self.http = HttpClient(
             settings.base_url.rstrip("/") + "/", timeout=settings.timeout_seconds,
             connect_timeout=settings.connect_timeout_seconds, max_connections=max_connections,
             verify=ssl_context(settings.ca_file) if settings.ca_file else True, headers=headers)
 
+    async def _request(self, method: str, url: str, content: bytes | None = None,
+                       content_type: str | None = None) -> HttpResponse:
+        """One call with authorization (raises hub.auth.AuthError or TransportFailure)."""
+        headers = {"content-type": content_type} if content_type else None
+        return await send_authorized(self.http, self.authorizer, method, url, content=content,
+                                     headers=headers)
+
     async def post_message(self, document: bytes) -> HttpResponse:
         body = {"contentType": "application/xml", "contentTransferEncoding": "base64",
                 "businessDocument": base64.b64encode(document).decode("ascii")}
-        return await self.http.request("POST", "Messages", content=json.dumps(body).encode(),
-                                       headers={"content-type": "application/json"})
+        return await self._request("POST", "Messages", json.dumps(body).encode(),
+                                   "application/json")
 
     async def status(self, message_id: str) -> HttpResponse:
-        return await self.http.request("GET", f"Messages/{quote(message_id)}/Status")
+        return await self._request("GET", f"Messages/{quote(message_id)}/Status")
 
     async def unread(self, receiver_her_id: str) -> list[dict[str, Any]]:
-        response = await self.http.request(
+        response = await self._request(
             "GET", f"Messages/Unread?receiverHerIds={quote(receiver_her_id)}")
         _raise_for(response, "GET /Messages/Unread")
         items = json.loads(response.body or b"[]")
@@ -158,7 +166,7 @@ class Edi2Client:
         return [i if isinstance(i, dict) else {"id": str(i)} for i in items]
 
     async def business_document(self, message_id: str) -> dict[str, Any]:
-        response = await self.http.request(
+        response = await self._request(
             "GET", f"Messages/{quote(message_id)}/BusinessDocument")
         _raise_for(response, "GET /Messages/{id}/BusinessDocument")
         data = json.loads(response.body)
@@ -167,21 +175,21 @@ class Edi2Client:
         return data
 
     async def mark_read(self, message_id: str, her_id: str) -> None:
-        response = await self.http.request(
+        response = await self._request(
             "PUT", f"Messages/{quote(message_id)}/Read/{quote(her_id)}")
         _raise_for(response, "PUT /Messages/{id}/Read/{herId}")
 
     async def post_apprec(self, message_id: str, her_id: str, status: str,
                           errors: list[dict[str, str]]) -> None:
         body = {"appRecStatus": status, "appRecErrorList": errors}
-        response = await self.http.request(
+        response = await self._request(
             "POST", f"Messages/{quote(message_id)}/Apprec/{quote(her_id)}",
-            content=json.dumps(body, ensure_ascii=False).encode(),
-            headers={"content-type": "application/json"})
+            json.dumps(body, ensure_ascii=False).encode(), "application/json")
         _raise_for(response, "POST /Messages/{id}/Apprec/{herId}")
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.authorizer.aclose()
 
 
 class Edi2Error(HubError):
@@ -400,13 +408,15 @@ class Edi2Destination:
         except TransportFailure as exc:
             return Outcome.retry(f"no answer from EDI 2.0 ({exc}); will resend with the same "
                                  "MsgId")
+        except AuthError as exc:
+            return outcome_for_auth_error(exc)
         return outcome_for_post(response, msg_id, deadline, now)
 
     async def check_transport(self, transport_ref: str) -> TransportCheck | None:
         """The transport state of a sent message (GET /Messages/{id}/Status)."""
         try:
             response = await self.client.status(transport_ref)
-        except TransportFailure as exc:
+        except (TransportFailure, AuthError) as exc:
             log.warning("EDI 2.0 status not answered; asking again later",
                         destination=self.name, reason=str(exc))
             return None

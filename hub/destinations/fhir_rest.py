@@ -4,19 +4,35 @@ Writes are idempotent by construction: every resource is PUT at an id derived fr
 vendor's keys, either in one transaction Bundle (default) or one PUT per resource for
 servers without transactions. Responses follow the status-code policy of
 reliability.md §3.2.
+
+Auth: `auth = "<name>"` names an `[auth.<name>]` section (HelseID with DPoP, or SMART
+Backend Services), or `"bearer"` with `token_env`, or `"none"`. Mutual TLS: the client
+certificate `tls_client_cert` and key `tls_client_key` (through an ssl.SSLContext).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hub import hookimpl
+from hub.auth import (
+    NO_AUTH,
+    AuthError,
+    AuthRef,
+    RequestAuthorizer,
+    build_authorizer,
+    outcome_for_auth_error,
+    send_authorized,
+)
+from hub.auth.oauth import challenge_error
 from hub.contracts import DestinationType, RegisterDestination
 from hub.domain.delivery import parse_retry_after
 from hub.domain.model import OutboundDelivery, Outcome
@@ -31,8 +47,15 @@ class FhirRestSettings(BaseModel):
 
     base_url: str = Field(description="FHIR base, e.g. https://ehr.example.no/fhir/R4")
     mode: Literal["transaction", "put"] = "transaction"
-    auth: Literal["none", "bearer"] = "none"
+    auth: AuthRef = Field(NO_AUTH, description="\"none\", \"bearer\" (with token_env) or "
+                          "the name of an [auth.<name>] section (HelseID, SMART)")
     token_env: str | None = Field(None, description="env var holding the bearer token")
+    scopes: list[str] = Field(default_factory=list, description="scopes to ask the auth "
+                              "section's token endpoint for (default: the section's scopes)")
+    tls_client_cert: Path | None = Field(None, description="mutual TLS: client certificate "
+                                         "chain (PEM)")
+    tls_client_key: Path | None = Field(None, description="mutual TLS: the certificate's "
+                                        "private key (PEM, mode 0600)")
     timeout_seconds: float = Field(10.0, gt=0)
     connect_timeout_seconds: float = Field(3.0, gt=0)
     ca_file: str | None = None
@@ -43,11 +66,20 @@ class FhirRestSettings(BaseModel):
 
     @model_validator(mode="after")
     def _auth_needs_token(self) -> FhirRestSettings:
-        if self.auth == "bearer" and not self.token_env:
+        if self.auth.name == "bearer" and not self.token_env:
             raise ValueError("auth = 'bearer' needs token_env (the variable holding the token)")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("mutual TLS needs both tls_client_cert and tls_client_key")
         return self
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if self.ca_file is None and self.tls_client_cert is None:
+            return None
+        return ssl_context(self.ca_file,
+                           str(self.tls_client_cert) if self.tls_client_cert else None,
+                           str(self.tls_client_key) if self.tls_client_key else None)
 
 
 def outcome_for_response(response: HttpResponse, now: datetime) -> Outcome:
@@ -62,7 +94,9 @@ def outcome_for_response(response: HttpResponse, now: datetime) -> Outcome:
             return outcome_for_response(HttpResponse(max(failed), response.headers, b""), now)
         return Outcome.delivered(detail, status)
     if status in (401, 403):
-        return Outcome.pause(f"{detail} (credentials refused; the destination is paused)",
+        error = challenge_error(response)
+        said = f" [{error}]" if error else ""
+        return Outcome.pause(f"{detail}{said} (credentials refused; the destination is paused)",
                              status, retry_after)
     if status in (404, 405) or 300 <= status < 400:
         return Outcome.pause(
@@ -107,15 +141,14 @@ def _failed_entries(body: bytes) -> list[int]:
 
 
 class FhirRestDestination:
-    def __init__(self, name: str, settings: FhirRestSettings, token: str | None,
-                 max_connections: int = 8) -> None:
+    def __init__(self, name: str, settings: FhirRestSettings, authorizer: RequestAuthorizer,
+                 max_connections: int = 8, tls: ssl.SSLContext | None = None) -> None:
         self.name = name
         self.settings = settings
         self.events_per_request = settings.events_per_request
+        self.authorizer = authorizer
         headers = {"accept": "application/fhir+json", "content-type": FHIR_JSON}
-        if token:
-            headers["authorization"] = f"Bearer {token}"
-        verify = ssl_context(settings.ca_file) if settings.ca_file else True
+        verify: ssl.SSLContext | bool = tls if tls is not None else True
         self.client = HttpClient(
             settings.base_url.rstrip("/") + "/",
             timeout=settings.timeout_seconds,
@@ -125,14 +158,19 @@ class FhirRestDestination:
             headers=headers,
         )
 
+    async def _request(self, method: str, url: str, content: bytes) -> HttpResponse:
+        return await send_authorized(self.client, self.authorizer, method, url, content=content)
+
     async def send(self, delivery: OutboundDelivery) -> Outcome:
         try:
             if self.settings.mode == "transaction":
-                response = await self.client.request("POST", "", content=delivery.payload)
+                response = await self._request("POST", "", delivery.payload)
                 return outcome_for_response(response, datetime.now(UTC))
             return await self._put_each(delivery)
         except TransportFailure as exc:
             return Outcome.retry(f"no answer ({exc}); will resend (PUTs are idempotent)")
+        except AuthError as exc:
+            return outcome_for_auth_error(exc)
 
     async def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Outcome]:
         """Send several events (one per patient, by per-key FIFO) in one transaction.
@@ -148,10 +186,12 @@ class FhirRestDestination:
         merged = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries},
                             ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            response = await self.client.request("POST", "", content=merged)
+            response = await self._request("POST", "", merged)
         except TransportFailure as exc:
             outcome = Outcome.retry(f"no answer ({exc}); will resend (PUTs are idempotent)")
             return [outcome] * len(deliveries)
+        except AuthError as exc:
+            return [outcome_for_auth_error(exc)] * len(deliveries)
         outcome = outcome_for_response(response, datetime.now(UTC))
         if outcome.kind == "rejected":
             return list(await asyncio.gather(*(self.send(d) for d in deliveries)))
@@ -163,7 +203,7 @@ class FhirRestDestination:
         for entry in bundle.get("entry", []):
             url = entry["request"]["url"]
             body = json.dumps(entry["resource"], ensure_ascii=False).encode()
-            response = await self.client.request("PUT", url, content=body)
+            response = await self._request("PUT", url, body)
             last = outcome_for_response(response, datetime.now(UTC))
             if last.kind != "delivered":
                 return last
@@ -171,18 +211,20 @@ class FhirRestDestination:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        await self.authorizer.aclose()
 
 
 def _factory(name: str, settings: FhirRestSettings) -> FhirRestDestination:
-    import os
-
-    token = None
-    if settings.auth == "bearer" and settings.token_env:
-        token = os.environ.get(settings.token_env)
-        if not token:
-            raise ConfigError(f"destinations.{name}.token_env: environment variable "
-                              f"{settings.token_env} is not set")
-    return FhirRestDestination(name, settings, token, settings.max_connections)
+    key = f"destinations.{name}"
+    try:
+        tls = settings.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{key}: cannot load the TLS certificate, key or CA file: "
+                          f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    authorizer = build_authorizer(settings.auth, key=f"{key}.auth", scopes=settings.scopes,
+                                  resource_base_url=settings.base_url,
+                                  bearer_token_env=settings.token_env, resource_tls=tls)
+    return FhirRestDestination(name, settings, authorizer, settings.max_connections, tls)
 
 
 @hookimpl(trylast=True)

@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field
 
 from hub import hookimpl
+from hub.auth import AuthError
 from hub.contracts import (
     AdapterSetup,
     IntakeRequest,
@@ -101,7 +102,7 @@ class Edi2Inbox:
         while not self._stop.is_set():
             try:
                 await self.poll_once()
-            except (TransportFailure, Edi2Error) as exc:
+            except (TransportFailure, Edi2Error, AuthError) as exc:
                 log.warning("EDI 2.0 inbox poll failed; trying again next interval",
                             source=self.name, reason=str(exc))
             except Exception:
