@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field
 
 from hub import hookimpl
+from hub.auth import AuthError, RequestAuthorizer, outcome_for_auth_error
 from hub.contracts import DestinationType, RegisterDestination
 from hub.domain.model import OutboundDelivery, Outcome, TransportAction, TransportCheck
 from hub.httpclient import HttpResponse, TransportFailure
@@ -35,12 +36,11 @@ from hub.logging import get_logger
 from .national import (
     NationalSettings,
     OrganisationMixin,
-    RequestAuth,
-    authorised_request,
     diagnostics,
-    make_auth,
+    make_authorizer,
     make_client,
     outcome_for_status,
+    request,
 )
 
 log = get_logger("hub.destinations.jft")
@@ -52,6 +52,7 @@ STATUS_KEYS = ("registered", "read", "journaled", "failed")
 
 
 class JftSettings(NationalSettings, OrganisationMixin):
+    requires_dpop: ClassVar[bool] = True
     source_system: str | None = Field(
         None, max_length=200, description="sent as the optional nhn-source-system header")
     journal_deadline_hours: float = Field(
@@ -125,7 +126,7 @@ def status_check(response: HttpResponse) -> TransportCheck | None:
 
 
 class JftDestination:
-    def __init__(self, name: str, settings: JftSettings, auth: RequestAuth) -> None:
+    def __init__(self, name: str, settings: JftSettings, auth: RequestAuthorizer) -> None:
         self.name = name
         self.settings = settings
         self.auth = auth
@@ -146,10 +147,12 @@ class JftDestination:
             return Outcome.rejected(f"the Bundle is {len(body)} bytes; JFT takes about "
                                     f"{MAX_BODY} at most")
         try:
-            response = await authorised_request(self.client, self.auth, "POST", "v1/Bundle",
-                                                SCOPE, content=body)
+            response = await request(self.client, self.auth, "POST", "v1/Bundle",
+                                     content=body)
         except TransportFailure as exc:
             return Outcome.retry(f"no answer from JFT ({exc}); will send again")
+        except AuthError as exc:
+            return outcome_for_auth_error(exc)
         if response.status != 202:
             if 200 <= response.status < 300:
                 return Outcome.retry(f"JFT answered HTTP {response.status}, not 202 Accepted "
@@ -172,9 +175,8 @@ class JftDestination:
     async def check_transport(self, transport_ref: str) -> TransportCheck | None:
         """Ask JFT `$status` of one sent event."""
         try:
-            response = await authorised_request(self.client, self.auth, "GET", transport_ref,
-                                                SCOPE)
-        except TransportFailure as exc:
+            response = await request(self.client, self.auth, "GET", transport_ref)
+        except (TransportFailure, AuthError) as exc:
             log.warning("JFT $status not answered; asking again later", destination=self.name,
                         reason=str(exc))
             return None
@@ -185,12 +187,11 @@ class JftDestination:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        await self.auth.aclose()
 
 
 def _factory(name: str, settings: JftSettings) -> JftDestination:
-    # JFT requires DPoP (domain.md §1.5): an env token works only behind a gateway that
-    # adds the proof, until the HelseID client is configured here (docs/national-services.md).
-    return JftDestination(name, settings, make_auth(name, settings))
+    return JftDestination(name, settings, make_authorizer(name, settings, [SCOPE]))
 
 
 @hookimpl(trylast=True)

@@ -1,27 +1,27 @@
 """What the national-service destinations (VKP R4, JFT, PMD) share: settings, request
 authentication, the organisation number and the HTTP status policy.
 
-Authentication is a small injectable object (`RequestAuth`): the destination asks it for
-the headers of each request, naming the scope the request needs. `EnvTokenAuth` takes a
-token from the environment (for a gateway that holds the HelseID client, and for tests);
-the HelseID client (client_credentials + private_key_jwt + DPoP, domain.md §1.7) plugs in
-through the same interface. `use_dpop_nonce` answers are retried once with the nonce.
+Authentication goes through `hub.auth`: `auth = "<name>"` names an `[auth.<name>]`
+section (HelseID: client_credentials + private_key_jwt + DPoP, domain.md §1.7), or
+`auth = "bearer"` with `token_env` for a ready token. Each request gets fresh headers from
+the destination's `RequestAuthorizer`; a DPoP-nonce or invalid-token challenge is
+answered once, never in a loop.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hub.auth import AuthRef, RequestAuthorizer, build_authorizer, send_authorized
+from hub.auth.settings import HelseIdAuth
 from hub.domain.delivery import parse_retry_after
 from hub.domain.model import Outcome
-from hub.errors import ConfigError
 from hub.httpclient import HttpClient, HttpResponse, ssl_context
 
 _ORGNR = re.compile(r"^\d{9}$")
@@ -40,56 +40,36 @@ def organisation_number_problem(value: str) -> str | None:
     return None
 
 
-@runtime_checkable
-class RequestAuth(Protocol):
-    """Gives the authentication headers of one request to a national service.
-
-    `scope` is what the request needs (e.g. ``nhn:vkp/api/user/detectedissue.write``);
-    `nonce` is the server's ``DPoP-Nonce`` when it asked for one (RFC 9449 §8).
-    Implementations never log tokens, assertions or proofs.
-    """
-
-    async def headers(self, method: str, url: str, scope: str,
-                      nonce: str | None = None) -> dict[str, str]: ...
-
-
-class EnvTokenAuth:
-    """A ready access token from an environment variable, sent as `scheme <token>`.
-
-    For a deployment where an outbound gateway holds the HelseID client, and for tests.
-    It cannot make DPoP proofs: JFT and PMD in NHN's environments need the HelseID client.
-    """
-
-    def __init__(self, token: str, scheme: str = "Bearer") -> None:
-        self._token = token
-        self._scheme = scheme
-
-    async def headers(self, method: str, url: str, scope: str,
-                      nonce: str | None = None) -> dict[str, str]:
-        return {"authorization": f"{self._scheme} {self._token}"}
-
-    def __repr__(self) -> str:  # never the token
-        return f"EnvTokenAuth(scheme={self._scheme!r})"
-
-
 class NationalSettings(BaseModel):
     """Keys every national-service destination has."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base_url: str = Field(description="the service's base URL (from NHN's onboarding)")
-    auth: Literal["token-env"] = Field(
-        "token-env", description="where the access token comes from")
-    token_env: str = Field(description="env var holding the access token")
+    auth: AuthRef = Field(description="the name of an [auth.<name>] section (HelseID), or "
+                          "\"bearer\" with token_env")
+    token_env: str | None = Field(None, description="auth = \"bearer\": env var with the token")
     timeout_seconds: float = Field(10.0, gt=0)
     connect_timeout_seconds: float = Field(3.0, gt=0)
     ca_file: str | None = None
     max_connections: int = Field(8, ge=1, le=256)
 
+    # Whether the service requires DPoP-bound tokens (JFT, PMD); VKP documents Bearer.
+    requires_dpop: ClassVar[bool] = False
+
     @model_validator(mode="after")
-    def _check_url(self) -> NationalSettings:
+    def _check(self) -> NationalSettings:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must start with http:// or https://")
+        if self.auth.name == "none":
+            raise ValueError("auth is required: the name of an [auth.<name>] section "
+                             "(HelseID), or \"bearer\" with token_env")
+        if self.auth.name == "bearer" and not self.token_env:
+            raise ValueError("auth = 'bearer' needs token_env (the variable holding the token)")
+        section = self.auth.section
+        if self.requires_dpop and isinstance(section, HelseIdAuth) and not section.dpop:
+            raise ValueError(f"[auth.{self.auth.name}] has dpop = false, but this service "
+                             "requires DPoP-bound tokens")
         return self
 
 
@@ -107,12 +87,12 @@ class OrganisationMixin(BaseModel):
         return value
 
 
-def make_auth(name: str, settings: NationalSettings, scheme: str = "Bearer") -> RequestAuth:
-    token = os.environ.get(settings.token_env)
-    if not token:
-        raise ConfigError(f"destinations.{name}.token_env: environment variable "
-                          f"{settings.token_env} is not set")
-    return EnvTokenAuth(token, scheme)
+def make_authorizer(name: str, settings: NationalSettings,
+                    scopes: Sequence[str]) -> RequestAuthorizer:
+    """The destination's authorizer (loads the key: a missing one is a ConfigError)."""
+    return build_authorizer(settings.auth, key=f"destinations.{name}.auth", scopes=scopes,
+                            resource_base_url=settings.base_url,
+                            bearer_token_env=settings.token_env)
 
 
 def make_client(settings: NationalSettings, headers: Mapping[str, str]) -> HttpClient:
@@ -123,21 +103,13 @@ def make_client(settings: NationalSettings, headers: Mapping[str, str]) -> HttpC
                       headers=headers)
 
 
-async def authorised_request(client: HttpClient, auth: RequestAuth, method: str, url: str,
-                             scope: str, *, content: bytes | None = None,
-                             headers: Mapping[str, str] | None = None) -> HttpResponse:
-    """One request with the auth headers; a ``use_dpop_nonce`` refusal is retried once
-    with the server's nonce. Raises TransportFailure when there is no answer."""
-    extra = dict(headers or {})
-    response = await client.request(method, url, content=content,
-                                    headers={**extra, **await auth.headers(method, url, scope)})
-    nonce = response.headers.get("dpop-nonce")
-    if response.status in (400, 401) and nonce and "use_dpop_nonce" in \
-            response.headers.get("www-authenticate", ""):
-        response = await client.request(
-            method, url, content=content,
-            headers={**extra, **await auth.headers(method, url, scope, nonce)})
-    return response
+async def request(client: HttpClient, authorizer: RequestAuthorizer, method: str, url: str,
+                  *, content: bytes | None = None,
+                  headers: Mapping[str, str] | None = None) -> HttpResponse:
+    """One authorized request (once more after a DPoP-nonce or invalid-token challenge).
+    Raises TransportFailure (no answer) or hub.auth.AuthError (token endpoint)."""
+    return await send_authorized(client, authorizer, method, url, content=content,
+                                 headers=headers)
 
 
 def operation_outcome(body: bytes) -> dict[str, Any] | None:

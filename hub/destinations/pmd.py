@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from hub import hookimpl
+from hub.auth import AuthError, RequestAuthorizer, outcome_for_auth_error
 from hub.contracts import DestinationType, RegisterDestination
 from hub.domain.model import OutboundDelivery, Outcome
 from hub.httpclient import TransportFailure
@@ -32,11 +33,10 @@ from hub.httpclient import TransportFailure
 from .national import (
     NationalSettings,
     OrganisationMixin,
-    RequestAuth,
-    authorised_request,
-    make_auth,
+    make_authorizer,
     make_client,
     outcome_for_status,
+    request,
 )
 
 MUNICIPALITY_TAG_SYSTEM = (
@@ -68,6 +68,7 @@ _COMPONENT = frozenset({"id", "extension", "modifierExtension", "code", "valueQu
 
 
 class PmdSettings(NationalSettings, OrganisationMixin):
+    requires_dpop: ClassVar[bool] = True
     municipality: str = Field(description="kommunenummer (4 digits), the Bundle's tag")
     scope: str = Field(description="the HelseID scope NHN granted the PMD client (ask NHN)")
 
@@ -130,7 +131,7 @@ def pmd_bundle(transaction: dict[str, Any], municipality: str,
 
 
 class PmdDestination:
-    def __init__(self, name: str, settings: PmdSettings, auth: RequestAuth) -> None:
+    def __init__(self, name: str, settings: PmdSettings, auth: RequestAuthorizer) -> None:
         self.name = name
         self.settings = settings
         self.auth = auth
@@ -152,10 +153,11 @@ class PmdDestination:
             return Outcome.rejected("not R5-compatible for PMD: " + "; ".join(problems[:5]))
         body = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            response = await authorised_request(self.client, self.auth, "POST", "",
-                                                self.settings.scope, content=body)
+            response = await request(self.client, self.auth, "POST", "", content=body)
         except TransportFailure as exc:
             return Outcome.retry(f"no answer from PMD ({exc}); will send again")
+        except AuthError as exc:
+            return outcome_for_auth_error(exc)
         outcome = outcome_for_status(response, datetime.now(UTC), "PMD")
         if outcome.kind == "delivered":
             left = f"; {skipped} resources of other types not sent" if skipped else ""
@@ -165,11 +167,11 @@ class PmdDestination:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        await self.auth.aclose()
 
 
 def _factory(name: str, settings: PmdSettings) -> PmdDestination:
-    # PMD requires DPoP (domain.md §1.6): see jft._factory.
-    return PmdDestination(name, settings, make_auth(name, settings))
+    return PmdDestination(name, settings, make_authorizer(name, settings, [settings.scope]))
 
 
 @hookimpl(trylast=True)

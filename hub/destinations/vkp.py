@@ -36,6 +36,7 @@ from urllib.parse import urlencode
 from pydantic import Field
 
 from hub import hookimpl
+from hub.auth import AuthError, RequestAuthorizer, outcome_for_auth_error
 from hub.contracts import DestinationType, RegisterDestination
 from hub.domain.model import OutboundDelivery, Outcome
 from hub.domain.privacy import FNR_SYSTEM
@@ -46,13 +47,12 @@ from hub.logging import get_logger
 from .national import (
     NationalSettings,
     OrganisationMixin,
-    RequestAuth,
-    authorised_request,
     diagnostics,
-    make_auth,
+    make_authorizer,
     make_client,
     operation_outcome,
     outcome_for_status,
+    request,
 )
 
 log = get_logger("hub.destinations.vkp")
@@ -79,7 +79,16 @@ def read_scope(resource_type: str) -> str:
     return f"nhn:vkp/api/user/{resource_type.lower()}.read"
 
 
+# What the built-in mappings send to VKP, and the read side's Patient search.
+DEFAULT_SCOPES = [*(write_scope(t) for t in ("DetectedIssue", "Encounter", "Composition",
+                                             "Location", "MedicationDispense", "Observation")),
+                  read_scope("Patient")]
+
+
 class VkpSettings(NationalSettings, OrganisationMixin):
+    scopes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SCOPES),
+        description="HelseID scopes to ask for: nhn:vkp/api/user/<resource>.<read|write>")
     patient_cache_seconds: float = Field(
         60.0, ge=0, le=3600,
         description="read side: how long a Patient search result is kept (0: not cached)")
@@ -129,7 +138,7 @@ def outcome_for_vkp(response: HttpResponse, now: datetime, where: str) -> Outcom
 
 
 class VkpDestination:
-    def __init__(self, name: str, settings: VkpSettings, auth: RequestAuth) -> None:
+    def __init__(self, name: str, settings: VkpSettings, auth: RequestAuthorizer) -> None:
         self.name = name
         self.settings = settings
         self.auth = auth
@@ -157,11 +166,12 @@ class VkpDestination:
             body = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
             url = self.url(rtype, rid)
             try:
-                response = await authorised_request(self.client, self.auth, "PUT", url,
-                                                    write_scope(rtype), content=body)
+                response = await request(self.client, self.auth, "PUT", url, content=body)
             except TransportFailure as exc:
                 return Outcome.retry(f"no answer from VKP ({exc}); will resend (PUTs at "
                                      "the same ids are idempotent)")
+            except AuthError as exc:
+                return outcome_for_auth_error(exc)
             last = outcome_for_vkp(response, datetime.now(UTC), f"PUT {rtype}")
             if last.kind != "delivered":
                 return last
@@ -171,6 +181,7 @@ class VkpDestination:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+        await self.auth.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +205,7 @@ class VkpPatientDirectory:
 
     MAX_ENTRIES = 10_000
 
-    def __init__(self, client: HttpClient, auth: RequestAuth, organisation_number: str,
+    def __init__(self, client: HttpClient, auth: RequestAuthorizer, organisation_number: str,
                  ttl: float, clock: Any = time.monotonic) -> None:
         self._client = client
         self._auth = auth
@@ -218,11 +229,13 @@ class VkpPatientDirectory:
         form = urlencode({"identifier": f"{system}|{national_id}"}).encode()
         url = f"{self._orgnr}/patient/_search"
         try:
-            response = await authorised_request(
-                self._client, self._auth, "POST", url, read_scope("Patient"), content=form,
+            response = await request(
+                self._client, self._auth, "POST", url, content=form,
                 headers={"content-type": "application/x-www-form-urlencoded"})
         except TransportFailure as exc:
             raise VkpLookupError(f"VKP Patient search not answered ({exc})") from exc
+        except AuthError as exc:
+            raise VkpLookupError(f"no HelseID token for the Patient search: {exc}") from exc
         self.searches += 1
         if response.status != 200:
             codes = vkp_codes(response.body)
@@ -244,8 +257,9 @@ class VkpPatientDirectory:
 
 
 def _factory(name: str, settings: VkpSettings) -> VkpDestination:
-    # VKP documents Bearer tokens, not DPoP (domain.md §1.2).
-    return VkpDestination(name, settings, make_auth(name, settings, "Bearer"))
+    # VKP documents Bearer tokens, not DPoP (domain.md §1.2): an [auth.X] section for VKP
+    # sets dpop = false.
+    return VkpDestination(name, settings, make_authorizer(name, settings, settings.scopes))
 
 
 @hookimpl(trylast=True)

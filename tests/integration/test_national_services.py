@@ -2,9 +2,10 @@
 documentation (tests/peers/vkp.py, jft.py, pmd.py): real sockets on 127.0.0.1, real SQLite,
 the hub's real stages, dispatcher and monitor.
 
-Auth: the peers check tokens and scopes through tests/peers/_national.StaticTokens until the
-HelseID verifier (tests/peers/helseid.py) is wired in; JFT and PMD peers run with
-`require_dpop=False` here because the destinations' env-token auth makes no DPoP proof yet.
+Auth: the destinations use hub.auth (`auth = "bearer"` here); the peers check tokens and
+scopes through tests/peers/_national.StaticTokens until the HelseID resource-server
+verifier (tests/peers/helseid.py) is wired in; JFT and PMD peers run with
+`require_dpop=False` here because a static bearer token carries no DPoP proof.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from hub.auth.oauth import StaticBearerAuthorizer
 from hub.destinations.jft import JftDestination, JftSettings
-from hub.destinations.national import EnvTokenAuth
 from hub.destinations.pmd import (
     BUNDLE_IDENTIFIER_SYSTEM,
     MUNICIPALITY_TAG_SYSTEM,
@@ -45,6 +46,7 @@ ALARM_SCOPES = [write_scope(t) for t in ("DetectedIssue", "Encounter", "Composit
                                           "Location", "MedicationDispense")]
 TOKEN_ENV = "TEST_NATIONAL_TOKEN"
 PMD_SCOPE = "nhn:pmd/test-scope"
+STATIC = {"auth": "bearer", "token_env": "unused"}  # the token is handed to the authorizer
 
 
 def golden(path: str) -> dict[str, Any]:
@@ -89,7 +91,7 @@ def vkp_hub(tmp_path: Path, vkp: VkpPeer, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv(TOKEN_ENV, token)
     data = config_dict(f"sqlite:///{tmp_path}/hub.db", {
         "vkp": {"type": "vkp", "base_url": f"{vkp.url}/epj/r4", "organisation_number": org,
-                "token_env": TOKEN_ENV}})
+                "auth": "bearer", "token_env": TOKEN_ENV}})
     hub = Hub.build(make_config(tmp_path, data))
     enrol(hub, "TA-1", patient)
     return hub
@@ -177,7 +179,7 @@ def test_vkp_malformed_org_number_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setenv(TOKEN_ENV, "x")
     data = config_dict(f"sqlite:///{tmp_path}/hub.db", {
         "vkp": {"type": "vkp", "base_url": "https://vkp.invalid/epj/r4",
-                "organisation_number": "974778743", "token_env": TOKEN_ENV}})
+                "organisation_number": "974778743", "auth": "bearer", "token_env": TOKEN_ENV}})
     hub = Hub.build(make_config(tmp_path, data))
     try:
         with pytest.raises(ConfigError, match=r"organisation_number .*check digit"):
@@ -189,8 +191,8 @@ def test_vkp_malformed_org_number_is_a_config_error(tmp_path, monkeypatch):
 async def test_vkp_dispenser_bundle_and_missing_scope(vkp):
     token = vkp.tokens.issue(ALARM_SCOPES, **vkp.client_claims(VKP_ID))
     settings = VkpSettings.model_validate({"base_url": f"{vkp.url}/epj/r4",
-                                           "organisation_number": ORG, "token_env": "unused"})
-    dest = VkpDestination("vkp", settings, EnvTokenAuth(token))
+                                           "organisation_number": ORG, **STATIC})
+    dest = VkpDestination("vkp", settings, StaticBearerAuthorizer(token))
     bundle = golden("dispenser/cases/01-dispensed-unassisted")
     try:
         outcome = await dest.send(delivery(bundle))
@@ -201,7 +203,7 @@ async def test_vkp_dispenser_bundle_and_missing_scope(vkp):
         assert (await dest.send(delivery(bundle))).kind is OutcomeKind.DELIVERED
         assert len(vkp.resources("MedicationDispense")) == 1
         narrow = vkp.tokens.issue([write_scope("DetectedIssue")], **vkp.client_claims(VKP_ID))
-        dest.auth = EnvTokenAuth(narrow)
+        dest.auth = StaticBearerAuthorizer(narrow)
         refused = await dest.send(delivery(bundle))
         assert refused.kind is OutcomeKind.PAUSE
         assert "1.5 NotAuthorized" in refused.detail
@@ -216,9 +218,9 @@ async def test_vkp_patient_search_is_cached_without_the_number_as_key(vkp):
     vkp.municipalities[ORG].patients[PATIENTS[0]] = patient
     token = vkp.tokens.issue(["nhn:vkp/api/user/patient.read"], **vkp.client_claims(VKP_ID))
     settings = VkpSettings.model_validate({"base_url": f"{vkp.url}/epj/r4",
-                                           "organisation_number": ORG, "token_env": "unused",
+                                           "organisation_number": ORG, **STATIC,
                                            "patient_cache_seconds": 30})
-    dest = VkpDestination("vkp", settings, EnvTokenAuth(token))
+    dest = VkpDestination("vkp", settings, StaticBearerAuthorizer(token))
     clock = [0.0]
     dest.directory._clock = lambda: clock[0]
     try:
@@ -250,7 +252,7 @@ def jft_hub(tmp_path: Path, jft: JftPeer, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv(TOKEN_ENV, jft.tokens.issue(["nhn:jft/api"], **{ORGNR_PARENT: ORG}))
     data = config_dict(f"sqlite:///{tmp_path}/hub.db", {
         "jft": {"type": "jft", "base_url": jft.url, "organisation_number": ORG,
-                "token_env": TOKEN_ENV, "source_system": "tryggbro-test",
+                "auth": "bearer", "token_env": TOKEN_ENV, "source_system": "tryggbro-test",
                 "journal_deadline_hours": deadline_hours, "status_poll_seconds": 0.1},
         "alerts": {"type": "folder", "path": str(tmp_path / "alerts")},
     }, routes=[
@@ -330,8 +332,8 @@ async def test_jft_failed_status_is_a_dead_letter_and_400_is_rejected(tmp_path, 
         jft.environment = "production"  # a test person number in production: refused
         token = jft.tokens.issue(["nhn:jft/api"], **{ORGNR_PARENT: ORG})
         dest = JftDestination("jft", JftSettings.model_validate(
-            {"base_url": jft.url, "organisation_number": ORG, "token_env": "unused"}),
-            EnvTokenAuth(token))
+            {"base_url": jft.url, "organisation_number": ORG, **STATIC}),
+            StaticBearerAuthorizer(token))
         try:
             outcome = await dest.send(delivery(golden("dispenser/cases/01-dispensed-unassisted")))
         finally:
@@ -355,8 +357,8 @@ def pmd_destination(pmd: PmdPeer, scopes: list[str] | None = None) -> PmdDestina
     token = pmd.tokens.issue(scopes if scopes is not None else [PMD_SCOPE])
     settings = PmdSettings.model_validate({
         "base_url": pmd.url, "organisation_number": ORG, "municipality": "0301",
-        "scope": PMD_SCOPE, "token_env": "unused"})
-    return PmdDestination("pmd", settings, EnvTokenAuth(token))
+        "scope": PMD_SCOPE, **STATIC})
+    return PmdDestination("pmd", settings, StaticBearerAuthorizer(token))
 
 
 async def test_pmd_collection_bundle_with_the_municipality_tag(pmd):
@@ -421,3 +423,32 @@ def test_r5_check_names_r4_only_shapes_and_the_peer_agrees(pmd):
     assert "request: not allowed in a collection Bundle" in problems
     # The peer, with its own R5 element list, refuses R4's SampledData.period too.
     assert any("valueSampledData.period" in p for p in pmd._problems(bundle))
+
+
+@pytest.mark.parametrize(("dest_type", "extra"), [
+    ("jft", {}), ("pmd", {"municipality": "0301", "scope": PMD_SCOPE})])
+def test_jft_and_pmd_refuse_a_helseid_client_without_dpop(tmp_path, dest_type, extra):
+    data = config_dict(f"sqlite:///{tmp_path}/hub.db", {
+        "national": {"type": dest_type, "base_url": "https://national.invalid",
+                     "organisation_number": ORG, "auth": "nhn", **extra}},
+        auth={"nhn": {"type": "helseid", "client_id": "tryggbro-oslo",
+                      "issuer": "https://helseid-sts.test.nhn.no",
+                      "private_key_env": "TEST_UNUSED_KEY", "dpop": False}})
+    hub = Hub.build(make_config(tmp_path, data))
+    try:
+        with pytest.raises(ConfigError, match="requires DPoP-bound tokens"):
+            hub.build_destinations()
+    finally:
+        hub.close()
+
+
+def test_national_destinations_need_auth(tmp_path):
+    data = config_dict(f"sqlite:///{tmp_path}/hub.db", {
+        "vkp": {"type": "vkp", "base_url": "https://vkp.invalid/epj/r4",
+                "organisation_number": ORG}})
+    hub = Hub.build(make_config(tmp_path, data))
+    try:
+        with pytest.raises(ConfigError, match="auth"):
+            hub.build_destinations()
+    finally:
+        hub.close()
