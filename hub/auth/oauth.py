@@ -291,10 +291,12 @@ class TokenClient:
         except (ValueError, UnicodeDecodeError):
             pass
         what = error or f"HTTP {response.status}"
+        if response.status >= 500 or response.status in (408, 429):
+            return AuthUnavailable(f"auth {self.name}: the token endpoint answered HTTP "
+                                   f"{response.status}" + (f" ({error})" if error else ""),
+                                   response.status)
         text = (f"auth {self.name}: the token endpoint refused client {self.client_id}: "
                 f"{what}" + (f" ({description})" if description else ""))
-        if response.status >= 500 or response.status in (408, 429):
-            return AuthUnavailable(text, response.status)
         if error in PERMANENT_ERRORS or 400 <= response.status < 500:
             return AuthRejected(text, response.status)
         return AuthUnavailable(text, response.status)

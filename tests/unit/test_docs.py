@@ -4,6 +4,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from hub.auth.settings import BearerAuth, HelseIdAuth, SmartAuth
 from hub.config import Config
 from hub.destinations.edi import Edi2Settings
 from hub.destinations.fhir_rest import FhirRestSettings
@@ -35,8 +36,8 @@ def test_every_configuration_key_is_documented():
     missing = [s for s in sections if f"[{s}" not in text and f"[[{s}]]" not in text]
     top = set(Config.model_fields)
     for model in (Config, HttpSourceSettings, FhirRestSettings, FolderSettings, Edi2Settings,
-                  Edi2InboxSettings, MllpSourceSettings, MllpDestinationSettings, VkpSettings,
-                  JftSettings, PmdSettings):
+                  Edi2InboxSettings, MllpSourceSettings, MllpDestinationSettings,
+                  HelseIdAuth, SmartAuth, BearerAuth, VkpSettings, JftSettings, PmdSettings):
         for name, _ in fields(model):
             if model is Config and name in top:
                 continue  # a section, checked above (path is set by the loader)
