@@ -2,10 +2,11 @@
 documentation (tests/peers/vkp.py, jft.py, pmd.py): real sockets on 127.0.0.1, real SQLite,
 the hub's real stages, dispatcher and monitor.
 
-Auth: the destinations use hub.auth (`auth = "bearer"` here); the peers check tokens and
-scopes through tests/peers/_national.StaticTokens until the HelseID resource-server
-verifier (tests/peers/helseid.py) is wired in; JFT and PMD peers run with
-`require_dpop=False` here because a static bearer token carries no DPoP proof.
+Auth: the destinations use hub.auth. Most tests use `auth = "bearer"` and peers that check
+tokens, scopes and claims through tests/peers/_national.StaticTokens (JFT and PMD with
+`require_dpop=False`: a static token carries no DPoP proof). The HelseID tests at the end
+run the hub's real HelseID client (private_key_jwt, DPoP, nonces) against
+tests/peers/helseid.py, whose resource-server verifier the JFT and VKP peers then use.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ from hub.fhir import structure_problems
 from hub.runtime import Hub
 from tests.integration.helpers import PATIENTS, alarm_event, body, config_dict, enrol, make_config
 from tests.integration.running import running, wait_until
+from tests.integration.test_auth import key_file as key_file
+from tests.integration.test_auth import public_jwk
+from tests.integration.test_auth import rsa_key as rsa_key
+from tests.peers._national import HelseIdVerifier
+from tests.peers.helseid import AuthorizationServer
 from tests.peers.jft import ORGNR_PARENT, JftPeer
 from tests.peers.pmd import PmdPeer
 from tests.peers.vkp import VkpPeer
@@ -452,3 +458,70 @@ def test_national_destinations_need_auth(tmp_path):
             hub.build_destinations()
     finally:
         hub.close()
+
+
+# --- HelseID: the hub's hub.auth client against the HelseID peer and its verifier ---------
+
+
+@pytest.fixture
+def sts() -> Iterator[AuthorizationServer]:
+    with AuthorizationServer(require_nonce=True) as server:
+        yield server
+
+
+def helseid_hub(tmp_path: Path, sts: AuthorizationServer, key_file: Path,
+                destinations: dict[str, dict[str, Any]], dpop: bool = True) -> Hub:
+    data = config_dict(f"sqlite:///{tmp_path}/hub.db", destinations, auth={
+        "nhn": {"type": "helseid", "issuer": sts.issuer, "client_id": "tryggbro-oslo",
+                "private_key_file": str(key_file), "dpop": dpop}})
+    hub = Hub.build(make_config(tmp_path, data))
+    enrol(hub, "TA-1", PATIENTS[0])
+    return hub
+
+
+async def test_jft_with_helseid_dpop_and_nonces_until_journaled(tmp_path, sts, key_file,
+                                                                rsa_key):
+    sts.register_client("tryggbro-oslo", public_jwk(rsa_key), {"nhn:jft/api"},
+                        claims={ORGNR_PARENT: ORG})
+    verifier = sts.verifier(require_dpop=True, require_nonce=True)
+    with JftPeer(HelseIdVerifier(verifier)) as jft:
+        hub = helseid_hub(tmp_path, sts, key_file, {"jft": {
+            "type": "jft", "base_url": jft.url, "organisation_number": ORG, "auth": "nhn",
+            "status_poll_seconds": 0.1}})
+        try:
+            async with running(hub):
+                first = await send_alarm(hub, 20)
+                (event,) = await wait_until(jft.stored, what="event at JFT")
+                await wait_until(lambda: delivery_of(hub, first, "jft")["transport_state"]
+                                 == "registered", what="registered ($status with DPoP)")
+                jft.mark_journaled(event.id)
+                await wait_until(lambda: delivery_of(hub, first, "jft")["state"]
+                                 == "delivered", what="delivered")
+        finally:
+            hub.close()
+    assert event.orgnr_parent == ORG
+    # Every API call carried a DPoP proof the verifier accepted, after one nonce challenge.
+    assert "use_dpop_nonce" in verifier.rejected
+    assert set(verifier.rejected) <= {"use_dpop_nonce"}
+    assert verifier.accepted >= 2  # the POST and at least one $status
+    assert sts.errors()[-1] is None
+
+
+async def test_vkp_with_a_helseid_bearer_client(tmp_path, sts, key_file, rsa_key):
+    sts.register_client("tryggbro-oslo", public_jwk(rsa_key), set(ALARM_SCOPES), dpop=False,
+                        claims=VkpPeer.client_claims(VKP_ID))
+    with VkpPeer(HelseIdVerifier(sts.verifier(require_dpop=False))) as vkp:
+        vkp.add_municipality(ORG, active_service={PATIENTS[0]})
+        vkp.allow(VKP_ID, ORG)
+        hub = helseid_hub(tmp_path, sts, key_file, {"vkp": {
+            "type": "vkp", "base_url": f"{vkp.url}/epj/r4", "organisation_number": ORG,
+            "auth": "nhn", "scopes": ALARM_SCOPES}}, dpop=False)
+        try:
+            async with running(hub):
+                first = await send_alarm(hub, 21)
+                await wait_until(lambda: delivery_of(hub, first, "vkp")["state"]
+                                 == "delivered", what="delivered to VKP")
+        finally:
+            hub.close()
+        assert {r.scheme for r in vkp.resources()} == {"Bearer"}
+        assert {r.vkp_id for r in vkp.resources()} == {VKP_ID}

@@ -40,6 +40,10 @@ class Refusal:
     status: int
     reason: str
     www_authenticate: str = 'Bearer error="invalid_token"'
+    extra_headers: Mapping[str, str] = field(default_factory=dict)  # e.g. DPoP-Nonce
+
+    def headers(self) -> dict[str, str]:
+        return {**self.extra_headers, "www-authenticate": self.www_authenticate}
 
 
 class Verifier(Protocol):
@@ -83,6 +87,28 @@ class StaticTokens:
         if grant is None:
             return Refusal(401, "unknown or revoked token")
         return Grant(grant.scopes, grant.claims, scheme)
+
+
+class HelseIdVerifier:
+    """The HelseID resource-server verifier (tests/peers/helseid.ResourceVerifier: JWT
+    signature, issuer, expiry, revocation; for DPoP-bound tokens the proof with htm, htu,
+    iat, jti replay, ath, cnf.jkt and nonce) behind this module's `Verifier`. Scopes are
+    left to the peer, which answers a missing one as its service does."""
+
+    def __init__(self, verifier: Any) -> None:
+        self.inner = verifier
+
+    def verify(self, method: str, url: str, headers: Mapping[str, str]) -> Grant | Refusal:
+        from .helseid import OAuthError
+
+        try:
+            claims = self.inner.verify_request(method, url, headers, None)
+        except OAuthError as err:
+            out = err.headers()
+            return Refusal(err.status, f"{err.error}: {err.description}",
+                           out.pop("www-authenticate", "DPoP"), out)
+        scheme = (headers.get("authorization") or "").partition(" ")[0]
+        return Grant(frozenset(str(claims.get("scope", "")).split()), claims, scheme)
 
 
 def operation_outcome(severity: str, code: str, text: str,

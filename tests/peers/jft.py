@@ -135,6 +135,12 @@ class JftPeer(HttpPeer):
         if status != 202:
             raise AssertionError(f"journaling acknowledgement refused: HTTP {status}")
 
+    def mark_journaled(self, event_id: str) -> None:
+        """The EPJ journaled it (without its own HTTP call: for tests whose tokens come
+        from the HelseID peer, where the EPJ would need a client of its own)."""
+        with self.lock:
+            self.events[event_id].status["journaled"] = _now()
+
     def fail(self, event_id: str) -> None:
         with self.lock:
             self.events[event_id].status["failed"] = _now()
@@ -146,7 +152,7 @@ class JftPeer(HttpPeer):
         if isinstance(result, Refusal):
             return JSONResponse({"title": "Unauthorized", "detail": result.reason},
                                 status_code=result.status,
-                                headers={"www-authenticate": result.www_authenticate})
+                                headers=result.headers())
         if SCOPE not in result.scopes:
             return JSONResponse({"title": "Forbidden", "detail": f"scope {SCOPE} required"},
                                 status_code=403)

@@ -109,7 +109,7 @@ class PmdPeer(HttpPeer):
         if isinstance(result, Refusal):
             return JSONResponse({"title": "Unauthorized", "detail": result.reason},
                                 status_code=result.status,
-                                headers={"www-authenticate": result.www_authenticate})
+                                headers=result.headers())
         if self.scope not in result.scopes:
             return fhir_json(operation_outcome("error", "forbidden",
                                                f"scope {self.scope} required"), 403)

@@ -156,7 +156,7 @@ class VkpPeer(HttpPeer):
         result = self.verifier.verify(request.method, str(request.url), request.headers)
         if isinstance(result, Refusal):
             return fhir_json(operation_outcome("error", "login", result.reason), result.status,
-                             {"www-authenticate": result.www_authenticate})
+                             result.headers())
         if not orgnr_ok(orgnr) or orgnr not in self.municipalities:
             return vkp_error("2.2", f"Organisation {orgnr} is not a VKP recipient")
         if scope not in result.scopes:
