@@ -133,6 +133,8 @@ class Dispatcher:
             if result.action is TransportAction.DEAD:
                 log.error("dead letter: the transport refused the message", **where,
                           reason=safe_error_text(result.detail))
+            elif result.action is TransportAction.DELIVERED:
+                log.info("delivered: the receiver's status confirms it", **where)
             elif result.action is TransportAction.RESEND:
                 resent += 1
                 log.warning("the transport gave up; sending again", **where,

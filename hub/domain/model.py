@@ -590,6 +590,8 @@ class TransportAction(enum.StrEnum):
     CONFIRMED = "confirmed"  # the transport has it (e.g. EDI 2.0 Acknowledged): stop asking
     RESEND = "resend"  # the transport gave up: send the delivery again (same payload)
     DEAD = "dead"  # the transport refused it for good: dead letter, escalated
+    # The transport's status is itself the receipt (JFT: journaled): the delivery is done.
+    DELIVERED = "delivered"
 
 
 @dataclass(frozen=True, slots=True)

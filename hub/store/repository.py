@@ -110,7 +110,8 @@ TRANSPORT_CONFIRMED = "acknowledged"
 TRANSPORT_OUTCOMES = {TransportAction.WAIT: "transport:wait",
                       TransportAction.CONFIRMED: "transport:ok",
                       TransportAction.RESEND: "transport:resend",
-                      TransportAction.DEAD: "transport:dead"}
+                      TransportAction.DEAD: "transport:dead",
+                      TransportAction.DELIVERED: "transport:delivered"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -895,7 +896,8 @@ class Repository:
     @transient
     def record_transport(self, delivery_id: int, check: TransportCheck) -> bool:
         """Record a transport state of an awaiting delivery. A changed state is logged in
-        its attempt log (`transport:<state>`); CONFIRMED stops the asking, RESEND makes
+        its attempt log (`transport:<state>`); CONFIRMED stops the asking, DELIVERED
+        settles the delivery (the transport's status was the receipt), RESEND makes
         the delivery due again (same payload, same message id), DEAD dead-letters and
         escalates it with the reason. Returns whether anything changed."""
         now = utcnow()
@@ -914,6 +916,9 @@ class Repository:
             if check.action is TransportAction.DEAD:
                 values.update(state=DeliveryState.DEAD.value, escalated=True,
                               last_error=f"transport failed: {detail or state}")
+            elif check.action is TransportAction.DELIVERED:
+                values.update(state=DeliveryState.DELIVERED.value, delivered_at=now,
+                              last_error=None)
             elif check.action is TransportAction.RESEND:
                 values.update(state=DeliveryState.PENDING.value, not_before=now,
                               last_error=f"transport gave up; sending again: {detail or state}",

@@ -9,7 +9,10 @@ from hub.config import Config
 from hub.destinations.edi import Edi2Settings
 from hub.destinations.fhir_rest import FhirRestSettings
 from hub.destinations.folder import FolderSettings
+from hub.destinations.jft import JftSettings
 from hub.destinations.mllp import MllpDestinationSettings
+from hub.destinations.pmd import PmdSettings
+from hub.destinations.vkp import VkpSettings
 from hub.sources.edi_inbox import Edi2InboxSettings
 from hub.sources.http import HttpSourceSettings
 from hub.sources.mllp import MllpSourceSettings
@@ -34,7 +37,7 @@ def test_every_configuration_key_is_documented():
     top = set(Config.model_fields)
     for model in (Config, HttpSourceSettings, FhirRestSettings, FolderSettings, Edi2Settings,
                   Edi2InboxSettings, MllpSourceSettings, MllpDestinationSettings,
-                  HelseIdAuth, SmartAuth, BearerAuth):
+                  HelseIdAuth, SmartAuth, BearerAuth, VkpSettings, JftSettings, PmdSettings):
         for name, _ in fields(model):
             if model is Config and name in top:
                 continue  # a section, checked above (path is set by the loader)

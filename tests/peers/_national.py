@@ -1,0 +1,202 @@
+"""What the VKP, JFT and PMD peers share: an HTTP server on 127.0.0.1 (port 0) run by
+uvicorn in its own loop thread, and the access check of a resource server.
+
+Access check: `Verifier.verify(method, url, headers)` returns the token's `Grant` (scopes
+and claims) or a `Refusal` (status, WWW-Authenticate, reason). `StaticTokens` knows a
+table of opaque tokens issued by the test; it is the one function to swap for the HelseID
+resource-server verifier (tests/peers/helseid.py, being built in parallel), which checks
+a JWT's signature, audience and expiry and the DPoP proof (htm, htu, ath, jti, nonce).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+
+from ._aio import LoopThread
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Grant:
+    scopes: frozenset[str]
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    scheme: str = "Bearer"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str
+    www_authenticate: str = 'Bearer error="invalid_token"'
+    extra_headers: Mapping[str, str] = field(default_factory=dict)  # e.g. DPoP-Nonce
+
+    def headers(self) -> dict[str, str]:
+        return {**self.extra_headers, "www-authenticate": self.www_authenticate}
+
+
+class Verifier(Protocol):
+    def verify(self, method: str, url: str, headers: Mapping[str, str]) -> Grant | Refusal: ...
+
+
+class StaticTokens:
+    """Opaque tokens the test issues, each with scopes and claims.
+
+    `require_dpop`: the service takes only `Authorization: DPoP <token>` with a `DPoP`
+    proof header (JFT, PMD). This verifier checks the scheme and that a proof is present;
+    verifying the proof itself is the HelseID verifier's job (see the module docstring).
+    """
+
+    def __init__(self, require_dpop: bool = False) -> None:
+        self.require_dpop = require_dpop
+        self._tokens: dict[str, Grant] = {}
+
+    def issue(self, scopes: Sequence[str], **claims: Any) -> str:
+        token = secrets.token_urlsafe(24)
+        self._tokens[token] = Grant(frozenset(scopes), dict(claims))
+        return token
+
+    def revoke(self, token: str) -> None:
+        self._tokens.pop(token, None)
+
+    def verify(self, method: str, url: str, headers: Mapping[str, str]) -> Grant | Refusal:
+        value = headers.get("authorization", "")
+        scheme, _, token = value.partition(" ")
+        if not token:
+            return Refusal(401, "no access token", "Bearer" if not self.require_dpop else "DPoP")
+        if self.require_dpop:
+            if scheme != "DPoP":
+                return Refusal(401, f"{scheme} token where a DPoP-bound token is required",
+                               'DPoP error="invalid_token"')
+            if not headers.get("dpop"):
+                return Refusal(401, "no DPoP proof", 'DPoP error="invalid_dpop_proof"')
+        elif scheme != "Bearer":
+            return Refusal(401, f"unsupported scheme {scheme!r}")
+        grant = self._tokens.get(token)
+        if grant is None:
+            return Refusal(401, "unknown or revoked token")
+        return Grant(grant.scopes, grant.claims, scheme)
+
+
+class HelseIdVerifier:
+    """The HelseID resource-server verifier (tests/peers/helseid.ResourceVerifier: JWT
+    signature, issuer, expiry, revocation; for DPoP-bound tokens the proof with htm, htu,
+    iat, jti replay, ath, cnf.jkt and nonce) behind this module's `Verifier`. Scopes are
+    left to the peer, which answers a missing one as its service does."""
+
+    def __init__(self, verifier: Any) -> None:
+        self.inner = verifier
+
+    def verify(self, method: str, url: str, headers: Mapping[str, str]) -> Grant | Refusal:
+        from .helseid import OAuthError
+
+        try:
+            claims = self.inner.verify_request(method, url, headers, None)
+        except OAuthError as err:
+            out = err.headers()
+            return Refusal(err.status, f"{err.error}: {err.description}",
+                           out.pop("www-authenticate", "DPoP"), out)
+        scheme = (headers.get("authorization") or "").partition(" ")[0]
+        return Grant(frozenset(str(claims.get("scope", "")).split()), claims, scheme)
+
+
+def operation_outcome(severity: str, code: str, text: str,
+                      coding: dict[str, str] | None = None) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": text}
+    if coding:
+        issue["details"] = {"coding": [coding], "text": text}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def fhir_json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+              ) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=dict(headers or {}),
+                        media_type="application/fhir+json")
+
+
+class HttpPeer:
+    """Runs `self.app` on 127.0.0.1, port 0, in a loop thread; a context manager."""
+
+    name = "peer"
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.lock = threading.Condition()
+        self._thread = LoopThread(f"{self.name}-peer")
+        self._server: uvicorn.Server | None = None
+        self._sock: socket.socket | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> int:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, 0))
+        sock.listen(128)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", loop="asyncio"))
+        server.capture_signals = _no_signals  # type: ignore[method-assign,assignment]
+        self._server = server
+        self._thread.start()
+
+        async def begin() -> None:
+            self._serve_task = asyncio.get_running_loop().create_task(server.serve([sock]))
+            while not server.started:
+                await asyncio.sleep(0.01)
+
+        self._thread.run(begin())
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.should_exit = True
+
+        async def end() -> None:
+            if self._serve_task is not None:
+                await asyncio.wait_for(self._serve_task, timeout=10)
+
+        try:
+            self._thread.run(end(), timeout=15)
+        finally:
+            self._thread.stop()
+            if self._sock is not None:
+                self._sock.close()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class _NoSignals:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def _no_signals() -> _NoSignals:
+    return _NoSignals()
