@@ -90,7 +90,7 @@ class OrganisationMixin(BaseModel):
 def make_authorizer(name: str, settings: NationalSettings,
                     scopes: Sequence[str]) -> RequestAuthorizer:
     """The destination's authorizer (loads the key: a missing one is a ConfigError)."""
-    return build_authorizer(settings.auth, key=f"destinations.{name}.auth", scopes=scopes,
+    return build_authorizer(settings.auth, key=f"destinations.{name}", scopes=scopes,
                             resource_base_url=settings.base_url,
                             bearer_token_env=settings.token_env)
 
