@@ -40,6 +40,7 @@ from hub.domain.model import (
     LegalBasisKind,
     MessageState,
     PersonId,
+    Priority,
     RawMessage,
     Receipt,
     ReceiptStatus,
@@ -270,6 +271,7 @@ class StatusReport:
     messages: dict[str, int] = field(default_factory=dict)
     deliveries: dict[str, dict[str, int]] = field(default_factory=dict)
     oldest_pending_seconds: dict[str, float] = field(default_factory=dict)
+    oldest_pending_alarm_seconds: dict[str, float] = field(default_factory=dict)
     escalated: dict[str, int] = field(default_factory=dict)
     paused: dict[str, dict[str, Any]] = field(default_factory=dict)
     oldest_unprocessed_seconds: float | None = None
@@ -281,6 +283,7 @@ class StatusReport:
             "messages": self.messages,
             "deliveries": self.deliveries,
             "oldest_pending_seconds": self.oldest_pending_seconds,
+            "oldest_pending_alarm_seconds": self.oldest_pending_alarm_seconds,
             "oldest_unprocessed_seconds": self.oldest_unprocessed_seconds,
             "escalated": self.escalated,
             "paused": self.paused,
@@ -1026,6 +1029,14 @@ class Repository:
                 .group_by(D.c.destination)
             ):
                 report.oldest_pending_seconds[dest] = max(0.0, (now - oldest).total_seconds())
+            for dest, oldest in conn.execute(
+                select(D.c.destination, func.min(D.c.created_at))
+                .where(D.c.state.in_([DeliveryState.PENDING.value, DeliveryState.LEASED.value]),
+                       D.c.priority >= int(Priority.ALARM))
+                .group_by(D.c.destination)
+            ):
+                report.oldest_pending_alarm_seconds[dest] = max(
+                    0.0, (now - oldest).total_seconds())
             for dest, n in conn.execute(
                 select(D.c.destination, func.count())
                 .where(D.c.escalated.is_(True), D.c.state != DeliveryState.DELIVERED.value)
