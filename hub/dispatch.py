@@ -61,6 +61,7 @@ class Dispatcher:
         # A Retry-After (429, 503) is about the server, not one delivery: nothing is
         # sent to this destination before it has passed (time.monotonic()).
         self._hold_until = 0.0
+        self._failing = False  # the last outcome seen was a retry: the destination is down
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         """Deliver until `stop` is set; wake early when new deliveries are planned."""
@@ -111,7 +112,21 @@ class Dispatcher:
         crashpoint("after_send_before_mark")
         self._hold(results)
         await self._record(claimed, results)
+        await self._after_outage(results)
         return len(claimed)
+
+    async def _after_outage(self, results: Sequence[tuple[Outcome, datetime, datetime]]
+                            ) -> None:
+        """When a failing destination delivers again, what backs off is made due now."""
+        kinds = {o.kind for o, _, _ in results}
+        if OutcomeKind.RETRY in kinds:
+            self._failing = True
+        elif OutcomeKind.DELIVERED in kinds and self._failing:
+            self._failing = False
+            n = await asyncio.to_thread(self.repo.recovered, self.name)
+            if n:
+                log.info("destination answers again; backlog due now", destination=self.name,
+                         deliveries=n)
 
     def _hold(self, results: Sequence[tuple[Outcome, datetime, datetime]]) -> None:
         """Honour the longest Retry-After of a retry outcome for the whole destination."""

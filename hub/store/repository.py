@@ -973,6 +973,18 @@ class Repository:
                 updated_at=now))
         return "retrying"
 
+    @transient
+    def recovered(self, destination: str) -> int:
+        """The destination answered again: its deliveries backing off after failures are
+        due now, so a backlog drains at once instead of when each backoff expires."""
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            res = conn.execute(update(D).where(
+                D.c.destination == destination, D.c.state == DeliveryState.PENDING.value,
+                D.c.not_before > now, D.c.last_error.is_not(None),
+            ).values(not_before=now, updated_at=now))
+        return int(res.rowcount)
+
     def retry_all_dead(self, destination: str | None = None) -> int:
         now = utcnow()
         cond = [D.c.state == DeliveryState.DEAD.value]
