@@ -253,7 +253,7 @@ def tree_rss(pid: int) -> dict[int, float]:
     return found
 
 
-def ready(port: int, timeout: float = 60) -> None:
+def ready(port: int, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
