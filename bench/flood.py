@@ -517,6 +517,10 @@ async def _drive(proc: subprocess.Popen[bytes], ports: dict[str, int],
 
 def markdown(r: Result, command: str) -> str:
     ok = "all bars met ✔" if not r.problems() else "bars missed ✘: " + "; ".join(r.problems())
+    if r.malformed_per_second < 0.9 * r.rate_target:
+        ok += (f" — but the senders reached only {r.malformed_per_second:.0f}/s of the "
+               f"{r.rate_target:.0f}/s target (they share the two cores): re-run on an idle "
+               "machine")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT, check=False).stdout.strip() or "?"
     outcomes = "; ".join(f"{k}: " + ", ".join(f"{o} {n}" for o, n in v.items())
