@@ -17,7 +17,7 @@ export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
 export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
 export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
 
-.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp clean
+.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp bench-flood clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench: $(STAMP)
 # MLLP ingest: the hub's mllp source (durable) vs hl7apy's and python-hl7's servers.
 bench-mllp: $(STAMP)
 	$(BIN)/python bench/mllp_ingest.py --runs 5 --seconds 5
+
+# Recipe C "Flood" for 5 minutes: 1,000 malformed inputs/s on every listener of a real
+# `tryggbro serve` while valid alarms arrive; writes its section of bench/RESULTS.md.
+bench-flood: $(STAMP)
+	$(BIN)/python bench/flood.py --seconds 300 --rate 1000 --write-results
 
 clean:
 	rm -rf $(VENV) var bench/out $(MEDPLUM)/node_modules $(NODE_HL7)/node_modules

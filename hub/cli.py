@@ -21,7 +21,7 @@ from hub import __version__
 from hub.config import DEFAULT_CONFIG_ENV, Config, load_config, require_env
 from hub.errors import HubError
 from hub.logging import configure_logging
-from hub.monitor import DeviceTypes
+from hub.monitor import DeviceTypes, outbox_alerts
 from hub.plugins import PluginHost
 from hub.registry import (
     PERSON_TYPES,
@@ -195,7 +195,9 @@ def status(state: State, as_json: bool) -> None:
     finally:
         hub.close()
     if as_json:
-        click.echo(_dump(report.as_dict()))
+        alerts = outbox_alerts(report, hub.config.monitor)
+        click.echo(_dump({**report.as_dict(), "outbox_alerts": {
+            name: a.as_dict() for name, a in sorted(alerts.items())}}))
         return
     click.echo("messages:")
     for st, n in sorted(report.messages.items()):
@@ -219,6 +221,9 @@ def status(state: State, as_json: bool) -> None:
                              "delivered", "dead", "oldest pending", "escalated", "")))
     for dest, info in report.paused.items():
         click.echo(f"  {dest} paused until {_when(info['until'])}: {info['reason']}")
+    for dest, alert in sorted(outbox_alerts(report, hub.config.monitor).items()):
+        click.echo(f"  ALERT {dest}: oldest {'alarm ' if alert.alarm else ''}delivery waiting "
+                   f"{alert.age_seconds:.0f} s (threshold {alert.threshold_seconds:.0f} s)")
 
 
 def _parse_time(_ctx: click.Context, _param: click.Parameter, value: str | None

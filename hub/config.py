@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -112,6 +119,20 @@ class MonitorSettings(Strict):
     interval_seconds: float = Field(
         60.0, gt=0, description="how often devices out of contact and missing DHO "
         "measurements are looked for")
+    outbox_age_alert_seconds: float = Field(
+        600.0, gt=0, description="alert when a destination's oldest undelivered delivery "
+        "is older than this")
+    outbox_age_alarm_alert_seconds: float = Field(
+        60.0, gt=0, description="the same for alarm deliveries (sooner)")
+    outbox_check_seconds: float = Field(
+        10.0, gt=0, description="how often the outbox age is checked (and logged on change)")
+
+    @model_validator(mode="after")
+    def _alarms_sooner(self) -> MonitorSettings:
+        if self.outbox_age_alarm_alert_seconds > self.outbox_age_alert_seconds:
+            raise ValueError("outbox_age_alarm_alert_seconds must not exceed "
+                             "outbox_age_alert_seconds: alarms are alerted on sooner")
+        return self
 
 
 class IntakeSettings(Strict):

@@ -18,7 +18,7 @@ from typing import Any
 
 from hub.config import DestinationSettings
 from hub.contracts import Destination
-from hub.domain.delivery import RetryPolicy, next_transition
+from hub.domain.delivery import MAX_RETRY_AFTER_SECONDS, RetryPolicy, next_transition
 from hub.domain.model import (
     DeliveryState,
     OutboundDelivery,
@@ -58,6 +58,10 @@ class Dispatcher:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._limit = asyncio.Semaphore(settings.concurrency)
         self._next_transport_check = 0.0
+        # A Retry-After (429, 503) is about the server, not one delivery: nothing is
+        # sent to this destination before it has passed (time.monotonic()).
+        self._hold_until = 0.0
+        self._failing = False  # the last outcome seen was a retry: the destination is down
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         """Deliver until `stop` is set; wake early when new deliveries are planned."""
@@ -86,6 +90,8 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """One round: claim, send, record. Returns the number of deliveries attempted."""
+        if time.monotonic() < self._hold_until:
+            return 0
         if await asyncio.to_thread(self.repo.paused_until, self.name) is not None:
             return 0
         if not await asyncio.to_thread(self.repo.has_due, self.name):
@@ -104,8 +110,33 @@ class Dispatcher:
         else:
             results = list(await asyncio.gather(*(self._send(c) for c in claimed)))
         crashpoint("after_send_before_mark")
+        self._hold(results)
         await self._record(claimed, results)
+        await self._after_outage(results)
         return len(claimed)
+
+    async def _after_outage(self, results: Sequence[tuple[Outcome, datetime, datetime]]
+                            ) -> None:
+        """When a failing destination delivers again, what backs off is made due now."""
+        kinds = {o.kind for o, _, _ in results}
+        if OutcomeKind.RETRY in kinds:
+            self._failing = True
+        elif OutcomeKind.DELIVERED in kinds and self._failing:
+            self._failing = False
+            n = await asyncio.to_thread(self.repo.recovered, self.name)
+            if n:
+                log.info("destination answers again; backlog due now", destination=self.name,
+                         deliveries=n)
+
+    def _hold(self, results: Sequence[tuple[Outcome, datetime, datetime]]) -> None:
+        """Honour the longest Retry-After of a retry outcome for the whole destination."""
+        waits = [o.retry_after for o, _, _ in results
+                 if o.kind is OutcomeKind.RETRY and o.retry_after and o.retry_after > 0]
+        if waits:
+            wait = min(max(waits), MAX_RETRY_AFTER_SECONDS)
+            self._hold_until = max(self._hold_until, time.monotonic() + wait)
+            log.warning("destination asked us to wait (Retry-After)", destination=self.name,
+                        seconds=wait)
 
     async def check_transport(self, now: float | None = None) -> int:
         """Ask the destination the transport state of its awaiting deliveries (only a

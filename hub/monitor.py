@@ -18,17 +18,18 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.config import RESERVED_SOURCE
+from hub.config import RESERVED_SOURCE, MonitorSettings
 from hub.contracts import IntakeRequest
 from hub.domain.ids import order_key
 from hub.domain.model import Category, DeviceRef, Event, RawMessage, StoredMessage
 from hub.errors import ConfigError, InputError
 from hub.logging import get_logger
 from hub.mappings import MappingStore
-from hub.store.repository import Repository
+from hub.store.repository import Repository, StatusReport
 
 log = get_logger("hub.monitor")
 
@@ -182,3 +183,67 @@ class Monitor:
 def _finding(key: str, body: dict[str, Any], now: datetime) -> RawMessage:
     return RawMessage(MONITOR_SOURCE, key, "application/json",
                       json.dumps(body, separators=(",", ":")).encode(), now)
+
+
+# ---------------------------------------------------------------------------------------
+# Outbox age: a destination that has not taken our deliveries for too long
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxAlert:
+    """A destination whose oldest undelivered delivery is past its threshold."""
+
+    destination: str
+    age_seconds: float
+    threshold_seconds: float
+    alarm: bool  # raised by an alarm delivery (the sooner threshold)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"age_seconds": round(self.age_seconds, 1),
+                "threshold_seconds": self.threshold_seconds, "alarm": self.alarm}
+
+
+def outbox_alerts(report: StatusReport, settings: MonitorSettings) -> dict[str, OutboxAlert]:
+    """Destinations in alert now, from the outbox rows (so every process agrees)."""
+    found: dict[str, OutboxAlert] = {}
+    for dest, age in report.oldest_pending_alarm_seconds.items():
+        if age >= settings.outbox_age_alarm_alert_seconds:
+            found[dest] = OutboxAlert(dest, age, settings.outbox_age_alarm_alert_seconds, True)
+    for dest, age in report.oldest_pending_seconds.items():
+        if dest not in found and age >= settings.outbox_age_alert_seconds:
+            found[dest] = OutboxAlert(dest, age, settings.outbox_age_alert_seconds, False)
+    return found
+
+
+class OutboxWatch:
+    """Logs an outbox-age alert when it is raised and when it clears (the metric
+    `tryggbro_outbox_age_alert` and `/admin/status` show it at any time)."""
+
+    def __init__(self, repo: Repository, settings: MonitorSettings) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.active: dict[str, OutboxAlert] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("outbox age check failed; trying again next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.outbox_check_seconds)
+
+    async def check_once(self) -> dict[str, OutboxAlert]:
+        report = await asyncio.to_thread(self.repo.status)
+        now = outbox_alerts(report, self.settings)
+        for dest, alert in now.items():
+            if dest not in self.active or (alert.alarm and not self.active[dest].alarm):
+                log.error("outbox age alert: deliveries are not getting through",
+                          destination=dest, oldest_seconds=round(alert.age_seconds, 1),
+                          threshold_seconds=alert.threshold_seconds, alarm=alert.alarm,
+                          pending=report.deliveries.get(dest, {}).get("pending", 0))
+        for dest in set(self.active) - set(now):
+            log.info("outbox age alert cleared", destination=dest)
+        self.active = now
+        return now

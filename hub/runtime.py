@@ -38,7 +38,7 @@ from hub.fhir import warm_up
 from hub.intake import Intake
 from hub.logging import get_logger
 from hub.mappings import MappingStore
-from hub.monitor import MONITOR_SOURCE, Monitor, MonitorAdapter
+from hub.monitor import MONITOR_SOURCE, Monitor, MonitorAdapter, OutboxWatch
 from hub.plugins import PluginHost, resolve
 from hub.processing import Pipeline, Processor
 from hub.stages import (
@@ -272,6 +272,8 @@ class Hub:
                 monitor = Monitor(self.repo, self.intake.submit,
                                   self.config.monitor.interval_seconds)
                 tasks.append(asyncio.create_task(monitor.run(self._stop), name="monitor"))
+                watch = OutboxWatch(self.repo, self.config.monitor)
+                tasks.append(asyncio.create_task(watch.run(self._stop), name="outbox-watch"))
         log.info("tryggbro running", worker=self.worker, http=serve_http,
                  stages="child processes" if stage_processes else sorted(stages),
                  destinations=sorted(self.config.destinations), sources=sorted(self.sources),

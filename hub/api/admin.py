@@ -20,7 +20,7 @@ from hub.config import env_list
 from hub.domain.privacy import safe_error_text
 from hub.errors import InputError
 from hub.jsonsafe import loads_strict
-from hub.monitor import DeviceTypes
+from hub.monitor import DeviceTypes, outbox_alerts
 from hub.registry import EnrolmentRequest, RecordError, parse_csv, parse_enrolment
 from hub.runtime import Hub
 from hub.store.repository import RegistryConflict
@@ -93,7 +93,11 @@ def _time(value: str | None, name: str) -> datetime | None:
 
 @router.get("/status", summary="Counts per state, oldest pending age per destination")
 def status(request: Request, _: Viewer) -> dict[str, Any]:
-    return _hub(request).repo.status().as_dict()
+    hub = _hub(request)
+    report = hub.repo.status()
+    alerts = outbox_alerts(report, hub.config.monitor)
+    return {**report.as_dict(),
+            "outbox_alerts": {name: a.as_dict() for name, a in sorted(alerts.items())}}
 
 
 @router.get("/messages", summary="Search journaled messages")

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from hub import __version__
 from hub.api.problems import problem
 from hub.domain.model import DeliveryState, MessageState
+from hub.monitor import outbox_alerts
 from hub.runtime import Hub
 from hub.store.db import current_revision, head_revision
 
@@ -75,7 +76,18 @@ class HubCollector(Collector):
         overdue = GaugeMetricFamily("tryggbro_receipts_overdue",
                                     "Deliveries awaiting a receipt (AppRec) past its deadline",
                                     labels=["destination"])
+        alarm_oldest = GaugeMetricFamily(
+            "tryggbro_delivery_oldest_pending_alarm_seconds",
+            "Age of the oldest undelivered alarm delivery", labels=["destination"])
+        alert = GaugeMetricFamily(
+            "tryggbro_outbox_age_alert",
+            "1 while the oldest undelivered delivery is past [monitor] "
+            "outbox_age_alert_seconds (outbox_age_alarm_alert_seconds for alarms)",
+            labels=["destination"])
+        alerts = outbox_alerts(report, self.hub.config.monitor)
         for name in sorted(set(self.hub.config.destinations) | set(report.deliveries)):
+            alarm_oldest.add_metric([name], report.oldest_pending_alarm_seconds.get(name, 0.0))
+            alert.add_metric([name], 1 if name in alerts else 0)
             per_state = report.deliveries.get(name, {})
             for state in DeliveryState:
                 deliveries.add_metric([name, state.value], per_state.get(state.value, 0))
@@ -87,6 +99,8 @@ class HubCollector(Collector):
         yield overdue
         yield oldest
         yield escalated
+        yield alarm_oldest
+        yield alert
         yield paused
         unprocessed = GaugeMetricFamily("tryggbro_oldest_unprocessed_seconds",
                                         "Age of the oldest message not yet processed")

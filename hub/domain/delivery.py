@@ -75,8 +75,8 @@ def next_transition(
             DeliveryState.PENDING, until, outcome.detail, escalate=True,
             pause_destination_until=until,
         )
-    # RETRY
-    if not alarm and attempt >= policy.max_attempts:
+    # RETRY. A 429 is the server throttling us, not a failure: it never dead-letters.
+    if not alarm and attempt >= policy.max_attempts and outcome.status_code != 429:
         return Transition(
             DeliveryState.DEAD, now, f"gave up after {attempt} attempts: {outcome.detail}"
         )

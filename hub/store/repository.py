@@ -40,6 +40,7 @@ from hub.domain.model import (
     LegalBasisKind,
     MessageState,
     PersonId,
+    Priority,
     RawMessage,
     Receipt,
     ReceiptStatus,
@@ -271,6 +272,7 @@ class StatusReport:
     messages: dict[str, int] = field(default_factory=dict)
     deliveries: dict[str, dict[str, int]] = field(default_factory=dict)
     oldest_pending_seconds: dict[str, float] = field(default_factory=dict)
+    oldest_pending_alarm_seconds: dict[str, float] = field(default_factory=dict)
     escalated: dict[str, int] = field(default_factory=dict)
     paused: dict[str, dict[str, Any]] = field(default_factory=dict)
     oldest_unprocessed_seconds: float | None = None
@@ -282,6 +284,7 @@ class StatusReport:
             "messages": self.messages,
             "deliveries": self.deliveries,
             "oldest_pending_seconds": self.oldest_pending_seconds,
+            "oldest_pending_alarm_seconds": self.oldest_pending_alarm_seconds,
             "oldest_unprocessed_seconds": self.oldest_unprocessed_seconds,
             "escalated": self.escalated,
             "paused": self.paused,
@@ -975,6 +978,18 @@ class Repository:
                 updated_at=now))
         return "retrying"
 
+    @transient
+    def recovered(self, destination: str) -> int:
+        """The destination answered again: its deliveries backing off after failures are
+        due now, so a backlog drains at once instead of when each backoff expires."""
+        now = utcnow()
+        with self.db.engine.begin() as conn:
+            res = conn.execute(update(D).where(
+                D.c.destination == destination, D.c.state == DeliveryState.PENDING.value,
+                D.c.not_before > now, D.c.last_error.is_not(None),
+            ).values(not_before=now, updated_at=now))
+        return int(res.rowcount)
+
     def retry_all_dead(self, destination: str | None = None) -> int:
         now = utcnow()
         cond = [D.c.state == DeliveryState.DEAD.value]
@@ -1031,6 +1046,14 @@ class Repository:
                 .group_by(D.c.destination)
             ):
                 report.oldest_pending_seconds[dest] = max(0.0, (now - oldest).total_seconds())
+            for dest, oldest in conn.execute(
+                select(D.c.destination, func.min(D.c.created_at))
+                .where(D.c.state.in_([DeliveryState.PENDING.value, DeliveryState.LEASED.value]),
+                       D.c.priority >= int(Priority.ALARM))
+                .group_by(D.c.destination)
+            ):
+                report.oldest_pending_alarm_seconds[dest] = max(
+                    0.0, (now - oldest).total_seconds())
             for dest, n in conn.execute(
                 select(D.c.destination, func.count())
                 .where(D.c.escalated.is_(True), D.c.state != DeliveryState.DELIVERED.value)

@@ -63,6 +63,14 @@ def test_ordinary_delivery_gives_up_after_max_attempts():
     assert "gave up after 5 attempts" in t.error
 
 
+def test_throttling_429_never_dead_letters():
+    t = step(Outcome.retry("HTTP 429", 429, 30.0), attempt=POLICY.max_attempts + 10)
+    assert t.state is DeliveryState.PENDING
+    assert t.not_before - NOW >= timedelta(seconds=30)
+    assert step(Outcome.retry("HTTP 503", 503), attempt=POLICY.max_attempts).state \
+        is DeliveryState.DEAD
+
+
 def test_alarm_never_dies_on_transient_errors_and_caps_at_alarm_cap():
     for attempt in (5, 50, 5000):
         t = step(Outcome.retry("connection refused"), attempt=attempt, alarm=True)
