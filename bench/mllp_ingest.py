@@ -223,8 +223,8 @@ def main() -> None:
         kind, conns = key.split(" c=")
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"| {kind} | {conns} | {med['msgs_per_s']:,.0f} | {med['p50_ms']:.2f} | "
-              f"{med['p99_ms']:.2f} | {med['cpu_ms_per_msg']:.3f} | " + ", ".join(f"{r['msgs_per_s']:.0f}" for r in runs)
-              + " |")
+              f"{med['p99_ms']:.2f} | {med['cpu_ms_per_msg']:.3f} | "
+              + ", ".join(f"{r['msgs_per_s']:.0f}" for r in runs) + " |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ weakening "acknowledge only what is on disk" (ARCHITECTURE §1, invariant 1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -116,10 +117,9 @@ def _wake(batch: list[_Pending], outcomes: Sequence[IntakeResult | BaseException
     for p, outcome in zip(batch, outcomes, strict=True):
         by_loop.setdefault(p.loop, []).append((p.future, outcome))
     for loop, items in by_loop.items():
-        try:
+        # RuntimeError: the loop was closed meanwhile, nobody waits any more.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_settle, items)
-        except RuntimeError:  # the loop was closed meanwhile: nobody waits any more
-            pass
 
 
 def _settle(items: list[tuple[asyncio.Future[IntakeResult],

@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from hub.domain.model import MessageState, RawMessage
 from hub.logging import get_logger
 from hub.store.db import SQLITE_BUSY_TIMEOUT_MS, Database, _sqlite_pragmas
-from hub.store.repository import J, IntakeResult, Repository, to_db
+from hub.store.repository import IntakeResult, J, Repository, to_db
 
 log = get_logger("hub.store.journal")
 
@@ -97,8 +97,9 @@ class SqliteJournalWriter:
         self._convert: list[Callable[[Any], Any] | None] = [
             J.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _COLUMNS]
         self._insert_sql = (
-            f"INSERT INTO journal ({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+            "INSERT INTO journal (source, dedup_key, body_sha256, content_type, body, "
+            "transport, received_at, answer, state, attempts, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id")
         self._select_sql = ("SELECT id, body_sha256, answer FROM journal "
                             "WHERE source = ? AND dedup_key = ?")
@@ -151,7 +152,7 @@ class WalCheckpointer:
         self.hard_limit_bytes = hard_limit_bytes
         self.interval_s = interval_s
         self._dirty = threading.Event()
-        self._stopping = False
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.checkpoints = 0
         self.truncations = 0
@@ -166,7 +167,7 @@ class WalCheckpointer:
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._stopping = True
+            self._stopping.set()
             self._dirty.set()
             self._thread.join(timeout=30)
             self._thread = None
@@ -175,9 +176,9 @@ class WalCheckpointer:
         conn = _connect(self.db)
         wait = threading.Event()
         try:
-            while not self._stopping:
+            while not self._stopping.is_set():
                 self._dirty.wait()
-                if self._stopping:
+                if self._stopping.is_set():
                     break
                 # Let commits gather: one checkpoint per interval at most.
                 wait.wait(self.interval_s)
@@ -198,7 +199,7 @@ class WalCheckpointer:
         except FileNotFoundError:
             return
         if size > self.hard_limit_bytes:
-            busy, pages, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, _pages, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             self.truncations += 1
             log.warning("WAL grew past its limit (a long reader?); truncated it, blocking "
                         "writers meanwhile", wal_bytes=size, limit=self.hard_limit_bytes,
