@@ -17,8 +17,9 @@
   and never blocks, the writer or readers), shortly after commits. The WAL stays bounded:
   ``journal_size_limit`` truncates it when it restarts, and if it still grows past
   `hard_limit_bytes` (a reader holding an old snapshot keeps PASSIVE from finishing)
-  the checkpointer runs one TRUNCATE checkpoint, which does wait for readers and blocks
-  writers while it runs: a bounded WAL is worth a slow ACK in that rare case.
+  the checkpointer tries a TRUNCATE checkpoint, which waits for readers and blocks
+  writers while it runs — for at most `TRUNCATE_WAIT_MS` per try, then it gives up until
+  the next interval: a bounded WAL is worth an ACK delayed by that much in that rare case.
 - **PostgreSQL**: `Repository.insert_messages` (the server's WAL is its own business).
 """
 
@@ -45,6 +46,7 @@ log = get_logger("hub.store.journal")
 WAL_SOFT_LIMIT_BYTES = 64 * 1024 * 1024  # journal_size_limit: the WAL is cut back to this
 WAL_HARD_LIMIT_BYTES = 256 * 1024 * 1024  # past this: one TRUNCATE checkpoint
 CHECKPOINT_INTERVAL_S = 0.25  # at most this often, and only after commits
+TRUNCATE_WAIT_MS = 100  # the longest a TRUNCATE try may hold writers back
 
 _COLUMNS = ("source", "dedup_key", "body_sha256", "content_type", "body", "transport",
             "received_at", "answer", "state", "attempts", "updated_at")
@@ -174,6 +176,8 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         conn = _connect(self.db)
+        # PASSIVE never waits; this bounds how long a TRUNCATE try holds the writer back.
+        conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
         wait = threading.Event()
         try:
             while not self._stopping.is_set():
@@ -200,7 +204,8 @@ class WalCheckpointer:
             return
         if size > self.hard_limit_bytes:
             busy, _pages, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            self.truncations += 1
-            log.warning("WAL grew past its limit (a long reader?); truncated it, blocking "
-                        "writers meanwhile", wal_bytes=size, limit=self.hard_limit_bytes,
-                        complete=not busy)
+            if not busy:
+                self.truncations += 1
+            log.warning("WAL grew past its limit (a reader holding an old snapshot?); "
+                        "TRUNCATE checkpoint, holding writers back meanwhile",
+                        wal_bytes=size, limit=self.hard_limit_bytes, complete=not busy)
