@@ -260,6 +260,10 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, float]:
     }
 
 
+def fmt(value: float) -> str:
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -274,7 +278,7 @@ def main() -> None:
     for i in range(args.runs):
         result = {**ingest_alone(args, i), **one_run(args, i)}
         runs.append(result)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.1f}" for k, v in result.items()),
+        print(f"run {i + 1}: " + ", ".join(f"{k}={fmt(v)}" for k, v in result.items()),
               flush=True)
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out = ROOT / "bench" / "out"
@@ -288,7 +292,7 @@ def main() -> None:
     print("| measure | median | runs |")
     print("|---|---|---|")
     for key, value in median.items():
-        print(f"| {key} | {value:.1f} | " + ", ".join(f"{r[key]:.1f}" for r in runs) + " |")
+        print(f"| {key} | {fmt(value)} | " + ", ".join(fmt(r[key]) for r in runs) + " |")
 
 
 if __name__ == "__main__":
