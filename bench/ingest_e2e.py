@@ -10,6 +10,10 @@ with a FHIR REST destination pointing at a fast local receiver, then:
    events / (last delivery - first request). Processing and dispatch run during the load,
    in the same process, as in production.
 
+Each run first measures *ingest alone*: the same hub, configuration and load with intake
+only (no processing or dispatch running), with the server process's CPU per event and
+its own `/healthz` rate beside it; then the full `serve` as above. Both are reported.
+
 In the same run, as references: wrk against the same server's GET /healthz (the HTTP stack
 alone) and against the receiver itself (the destination's own ceiling).
 
@@ -25,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.mllp_ingest import cpu_seconds  # noqa: E402
 from hub.store.db import open_database, upgrade  # noqa: E402
 from hub.store.repository import Repository  # noqa: E402
 from tests.integration.helpers import enrolment_request, unique_patient  # noqa: E402
@@ -131,38 +137,89 @@ def status(url: str) -> dict[str, float]:
     return values
 
 
+def prepare(tmp: Path, port: int, receiver_url: str, args: argparse.Namespace) -> Path:
+    config = tmp / "bench.toml"
+    config.write_text(CONFIG.format(mappings=ROOT / "mappings", tmp=tmp, port=port,
+                                    receiver=receiver_url, log_level=args.log_level,
+                                    processes=args.processing_processes))
+    db = open_database(f"sqlite:///{tmp}/hub.db")
+    upgrade(db)
+    repo = Repository(db)
+    repo.enrol([enrolment_request(f"BENCH-{i}", unique_patient(), "bench")
+                for i in range(DEVICES)])
+    db.dispose()
+    return config
+
+
+def wait_ready(base: str) -> None:
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{base}/readyz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def ingest_alone(args: argparse.Namespace, index: int) -> dict[str, float]:
+    """The same hub and load with intake only (no processing, no dispatch running): the
+    durable ingest path by itself. bench/mllp_hub_server.py runs a Hub as `serve` does,
+    without its stages."""
+    tmp = Path(tempfile.mkdtemp(prefix="tryggbro-bench-"))
+    port = free_port()
+    config = prepare(tmp, port, "http://127.0.0.1:9", args)
+    env = {**os.environ, "BENCH_SOURCE_KEY": KEY}
+    log = (tmp / "serve.log").open("wb")
+    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "mllp_hub_server.py"),
+                               str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base)
+        script = tmp / "post.lua"
+        script.write_text(LUA)
+        cpu0 = cpu_seconds(server.pid)
+        load = wrk(base, args.seconds, args.connections, script,
+                   {"BENCH_RUN": f"a{index}-{time.time_ns()}", "BENCH_KEY": KEY,
+                    "BENCH_DEVICES": str(DEVICES)})
+        cpu = cpu_seconds(server.pid) - cpu0
+        cpu0 = cpu_seconds(server.pid)
+        health = wrk(f"{base}/healthz", args.seconds // 2 or 1, args.connections, None, {})
+        health_cpu = cpu_seconds(server.pid) - cpu0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+    with sqlite3.connect(tmp / "hub.db") as db:
+        rows = db.execute("select count(*) from journal where source = 'bench'").fetchone()[0]
+    shutil.rmtree(tmp, ignore_errors=True)
+    if rows < load["requests"]:
+        raise SystemExit(f"ingest alone: {rows} journal rows for {load['requests']} 202s")
+    return {"alone_ingest_rps": load["rps"], "alone_ingest_p50_ms": load["p50_ms"],
+            "alone_ingest_p99_ms": load["p99_ms"],
+            "alone_cpu_ms_per_event": 1000 * cpu / load["requests"],
+            "alone_healthz_rps": health["rps"],
+            "alone_healthz_cpu_ms_per_req": 1000 * health_cpu / health["requests"]}
+
+
 def one_run(args: argparse.Namespace, index: int) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="tryggbro-bench-"))
     port = free_port()
     with RecordingReceiver() as receiver:
-        config = tmp / "bench.toml"
-        config.write_text(CONFIG.format(mappings=ROOT / "mappings", tmp=tmp, port=port,
-                                        receiver=receiver.url, log_level=args.log_level,
-                                        processes=args.processing_processes))
-        db = open_database(f"sqlite:///{tmp}/hub.db")
-        upgrade(db)
-        repo = Repository(db)
-        repo.enrol([enrolment_request(f"BENCH-{i}", unique_patient(), "bench")
-                    for i in range(DEVICES)])
-        db.dispose()
+        config = prepare(tmp, port, receiver.url, args)
         env = {**os.environ, "BENCH_SOURCE_KEY": KEY}
         log = (tmp / "serve.log").open("wb")
         server = subprocess.Popen([sys.executable, "-m", "hub.cli", "--config", str(config),
                                    "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"{base}/readyz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_ready(base)
             script = tmp / "post.lua"
             script.write_text(LUA)
             started = time.monotonic()
+            cpu0 = cpu_seconds(server.pid)
             load = wrk(base, args.seconds, args.connections, script,
                        {"BENCH_RUN": f"{index}-{time.time_ns()}", "BENCH_KEY": KEY,
                         "BENCH_DEVICES": str(DEVICES)})
+            intake_cpu = cpu_seconds(server.pid) - cpu0
             # wrk does not count requests still in flight at its deadline; the server
             # accepted them, so the journal is the count of accepted events.
             deadline = time.monotonic() + 600
@@ -195,11 +252,16 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, float]:
         "ingest_rps": load["rps"],
         "ingest_p50_ms": load["p50_ms"],
         "ingest_p99_ms": load["p99_ms"],
+        "intake_process_cpu_ms_per_event": 1000 * intake_cpu / load["requests"],
         "e2e_rps": accepted / (last - started),
         "drain_after_load_s": max(0.0, last - started - args.seconds),
         "healthz_rps": health["rps"],
         "receiver_rps": receiver_alone["rps"],
     }
+
+
+def fmt(value: float) -> str:
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def main() -> None:
@@ -214,9 +276,9 @@ def main() -> None:
         raise SystemExit("wrk is missing: apt-get install wrk (make bench does it)")
     runs = []
     for i in range(args.runs):
-        result = one_run(args, i)
+        result = {**ingest_alone(args, i), **one_run(args, i)}
         runs.append(result)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.1f}" for k, v in result.items()),
+        print(f"run {i + 1}: " + ", ".join(f"{k}={fmt(v)}" for k, v in result.items()),
               flush=True)
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out = ROOT / "bench" / "out"
@@ -230,7 +292,7 @@ def main() -> None:
     print("| measure | median | runs |")
     print("|---|---|---|")
     for key, value in median.items():
-        print(f"| {key} | {value:.1f} | " + ", ".join(f"{r[key]:.1f}" for r in runs) + " |")
+        print(f"| {key} | {fmt(value)} | " + ", ".join(fmt(r[key]) for r in runs) + " |")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,16 @@ weakening "acknowledge only what is on disk" (ARCHITECTURE §1, invariant 1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hub.domain.model import RawMessage
 from hub.faults import crashpoint
 from hub.logging import get_logger
+from hub.store.journal import JournalWriter, open_journal_writer
 from hub.store.repository import IntakeResult, Repository
 
 log = get_logger("hub.intake")
@@ -42,9 +44,11 @@ class Intake:
         self.on_committed = on_committed
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._writer: JournalWriter | None = None
 
     def start(self) -> None:
         if self._thread is None:
+            self._writer = open_journal_writer(self.repo)
             self._thread = threading.Thread(target=self._run, name="intake-writer", daemon=True)
             self._thread.start()
 
@@ -53,6 +57,9 @@ class Intake:
             self._queue.put(_STOP)
             self._thread.join(timeout=30)
             self._thread = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     async def submit(self, raw: RawMessage) -> IntakeResult:
         """Journal `raw`; returns once it is committed (or raises if it could not be)."""
@@ -88,26 +95,39 @@ class Intake:
                 return
 
     def _commit(self, batch: list[_Pending]) -> None:
+        assert self._writer is not None
         try:
-            results = self.repo.insert_messages([p.raw for p in batch])
+            results = self._writer.insert([p.raw for p in batch])
         except Exception as exc:
             log.error("intake commit failed; senders get no acknowledgement",
                       batch=len(batch), error=type(exc).__name__)
-            for p in batch:
-                p.loop.call_soon_threadsafe(_set_exception, p.future, exc)
+            _wake(batch, [exc] * len(batch))
             return
         crashpoint("after_commit_before_ack")
-        for p, result in zip(batch, results, strict=True):
-            p.loop.call_soon_threadsafe(_set_result, p.future, result)
+        _wake(batch, results)
         if self.on_committed is not None and any(not r.duplicate for r in results):
             self.on_committed()
 
 
-def _set_result(future: asyncio.Future[IntakeResult], result: IntakeResult) -> None:
-    if not future.done():
-        future.set_result(result)
+def _wake(batch: list[_Pending], outcomes: Sequence[IntakeResult | BaseException]) -> None:
+    """Hand a batch's outcomes to the event loops: one wake-up per loop, not per message
+    (each `call_soon_threadsafe` writes to the loop's self-pipe and wakes it)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[IntakeResult],
+                                                        IntakeResult | BaseException]]] = {}
+    for p, outcome in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(p.loop, []).append((p.future, outcome))
+    for loop, items in by_loop.items():
+        # RuntimeError: the loop was closed meanwhile, nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, items)
 
 
-def _set_exception(future: asyncio.Future[IntakeResult], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _settle(items: list[tuple[asyncio.Future[IntakeResult],
+                              IntakeResult | BaseException]]) -> None:
+    for future, outcome in items:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -116,7 +116,10 @@ def configure_logging(level: str = "info", redaction_key: bytes | None = None,
     for noisy in ("httpx", "httpcore", "sqlalchemy", "alembic", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: a line below the level costs ~1 µs instead of running the
+        # whole pipeline (~12 µs) only for stdlib logging to drop it at the end.
+        processors=[structlog.stdlib.filter_by_level, *shared,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         # Each logger's pipeline is fixed on first use, for speed. A test suite that swaps

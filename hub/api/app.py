@@ -22,6 +22,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.metrics = health.metrics_registry(hub)
     install_problem_handlers(app)
     app.include_router(ingest.router)
+    ingest.install_ingest_route(app)
     app.include_router(admin.router)
     app.include_router(health.router)
     for path, endpoint, methods in hub.registries.routes:

@@ -12,6 +12,9 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from hub.api.problems import problem
 from hub.contracts import IntakeRequest
@@ -52,7 +55,16 @@ async def _read_limited(request: Request, limit: int) -> bytes:
                         415: {"description": "content type not accepted"},
                         422: {"description": "Idempotency-Key reused for a different body"},
                         503: {"description": "could not store; nothing acknowledged, retry"}})
-async def ingest(source: str, request: Request) -> JSONResponse:
+async def ingest(source: str, request: Request) -> Response:
+    """The documented route (OpenAPI). Requests are served by `receive`, mounted ahead of
+    it as a plain Starlette route by `install_ingest_route`: the same code without
+    FastAPI's per-request parameter solving (~0.1 ms of a ~0.5 ms request)."""
+    return await receive(request)
+
+
+async def receive(request: Request) -> Response:
+    """`POST /ingest/{source}`: authenticate, check, journal, answer 202 after the commit."""
+    source: str = request.path_params["source"]
     hub: Hub = request.app.state.hub
     src = hub.sources.get(source)
     if not isinstance(src, HttpSource):
@@ -102,3 +114,11 @@ async def ingest(source: str, request: Request) -> JSONResponse:
         {"id": result.id, "status": "accepted", "duplicate": result.duplicate},
         status_code=202, headers={"Location": f"/admin/messages/{result.id}"},
     )
+
+
+def install_ingest_route(app: Starlette) -> None:
+    """Serve `POST /ingest/{source}` through `receive` directly, ahead of the FastAPI route
+    (which stays for the OpenAPI description). Errors still go through the app's problem
+    handlers and middleware: the exception middleware wraps every route alike."""
+    app.router.routes.insert(0, Route("/ingest/{source}", receive, methods=["POST"],
+                                      name="ingest-lean"))
