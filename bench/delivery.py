@@ -488,11 +488,11 @@ def cmd_alarm(args: argparse.Namespace) -> dict[str, float]:
             other_seconds = args.alarms * args.interval + 5
             arrived: dict[str, float] = {}
             measurements = 0
-            for r in receiver.requests():
-                for m in re.finditer(rb'"A-(lat-[\d]+-[\d]+)"', r.body):
-                    arrived.setdefault("A-" + m.group(1).decode(), r.time)
-                measurements += r.body.count(b'"resourceType":"Observation"') + \
-                    r.body.count(b'"resourceType": "Observation"')
+            for got in receiver.requests():
+                for m in re.finditer(rb'"A-(lat-[\d]+-[\d]+)"', got.body):
+                    arrived.setdefault("A-" + m.group(1).decode(), got.time)
+                measurements += got.body.count(b'"resourceType":"Observation"') + \
+                    got.body.count(b'"resourceType": "Observation"')
     missing = [a for a in sent if a not in arrived]
     if missing:
         raise SystemExit(f"{len(missing)} alarms never reached the receiver")
