@@ -17,7 +17,7 @@ export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
 export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
 export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
 
-.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp bench-flood clean
+.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp bench-flood bench-backlog bench-memory bench-alarm bench-scaleout clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,19 @@ bench-mllp: $(STAMP)
 # `tryggbro serve` while valid alarms arrive; writes its section of bench/RESULTS.md.
 bench-flood: $(STAMP)
 	$(BIN)/python bench/flood.py --seconds 300 --rate 1000 --write-results
+
+# Delivery side (issue 5): backlog drain, outbox memory, alarm latency, PostgreSQL scale-out.
+bench-backlog: $(STAMP)
+	$(BIN)/python bench/delivery.py backlog --runs 3
+
+bench-memory: $(STAMP)
+	$(BIN)/python bench/delivery.py memory --runs 1 --seconds 30
+
+bench-alarm: $(STAMP)
+	$(BIN)/python bench/delivery.py alarm --runs 3
+
+bench-scaleout: $(STAMP) postgres
+	$(BIN)/python bench/delivery.py scaleout --runs 3
 
 clean:
 	rm -rf $(VENV) var bench/out $(MEDPLUM)/node_modules $(NODE_HL7)/node_modules
