@@ -17,7 +17,7 @@ export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
 export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
 export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
 
-.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp clean
+.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp chaos clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,12 @@ bench: $(STAMP)
 # MLLP ingest: the hub's mllp source (durable) vs hl7apy's and python-hl7's servers.
 bench-mllp: $(STAMP)
 	$(BIN)/python bench/mllp_ingest.py --runs 5 --seconds 5
+
+# Crash suite, long version: >= 500 kill -9 cycles on SQLite and on PostgreSQL
+# (tests/chaos/harness.py); writes its section of bench/RESULTS.md.
+CHAOS_CYCLES ?= 500
+chaos: $(STAMP) postgres
+	$(BIN)/python bench/chaos.py --cycles $(CHAOS_CYCLES)
 
 clean:
 	rm -rf $(VENV) var bench/out $(MEDPLUM)/node_modules $(NODE_HL7)/node_modules
