@@ -86,10 +86,11 @@ def check(sent: Iterable[Sent], received: Iterable[Received]) -> Verdict:
     newest: dict[tuple[str, str], Sent] = {}
     for r in received:
         requests[(r.destination, r.effect)].add(r.request)
-        s = owner.get((r.destination, r.effect))
-        if s is None:
+        mine = owner.get((r.destination, r.effect))
+        if mine is None:
             verdict.unexpected.append((r.destination, r.effect))
             continue
+        s = mine
         head = newest.get((r.destination, s.key))
         if head is not None and s.seq < head.seq:
             verdict.order_violations.append((r.destination, s.key, s.msg, head.msg))

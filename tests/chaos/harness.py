@@ -146,6 +146,7 @@ viewer_tokens_env = "{VIEWER_ENV}"
 operator_tokens_env = "{OPERATOR_ENV}"
 
 [processing]
+processes = 1
 poll_seconds = 0.05
 lease_seconds = {lease_seconds}
 
@@ -266,7 +267,8 @@ def build_message(kind: str, p: Patient, run: str, i: int, at: datetime) -> Mess
     tag = f"{run}-{p.n}-{i}"
     if kind == "alarm":
         event_id, alarm_id = f"ev-{tag}", f"ALM-{tag}"
-        body = {"eventId": event_id, "type": "alarm.raised", "occurredAt": at.isoformat(),
+        body: dict[str, Any] = {
+                "eventId": event_id, "type": "alarm.raised", "occurredAt": at.isoformat(),
                 "alarm": {"id": alarm_id, "trigger": "button", "priority": "high",
                           "raisedAt": at.isoformat(),
                           "device": {"id": p.alarm_device, "model": "Careline GO"},
@@ -335,7 +337,7 @@ class Senders:
     """One thread per patient: a message at a time, resent until acknowledged."""
 
     def __init__(self, ports: Ports, patients: list[Patient], run: str, seed: int,
-                 pause: float = 0.05) -> None:
+                 pause: float = 0.4) -> None:
         self.ports = ports
         self.patients = patients
         self.run = run
@@ -412,7 +414,7 @@ class Senders:
             return False
 
     def _sos(self, msg: Message, p: Patient) -> bool:
-        from sos_access.client import SOSAccessClient
+        from sos_access.client import SOSAccessClient  # type: ignore[import-untyped]
 
         client = SOSAccessClient(transmitter_code=p.sos_code, transmitter_type="SV300",
                                  authentication=SOS_AUTH, receiver_id="42",
@@ -600,7 +602,7 @@ def journal_states(db_url: str, messages: list[tuple[Sent, Message]]) -> Counter
 
 def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: int = 2026,
               patients: int = 8, log: Callable[[str], None] = print,
-              drain_seconds: float = 90.0) -> ChaosReport:
+              drain_seconds: float = 180.0) -> ChaosReport:
     """Run `cycles` kill cycles; SQLite in `workdir` unless `db_url` (PostgreSQL) is given."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -632,7 +634,8 @@ def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: in
                 _start(proc, plan, rng)
             senders.start()
             for cycle in range(1, cycles + 1):
-                plan = _cycle(rng, plan, procs, kills, not_reached)
+                plan = _cycle(rng, plan, procs, kills, not_reached,
+                              lambda: len(collector.poll()), last=cycle == cycles)
                 collector.poll()
                 if cycle % 10 == 0 or cycle == cycles:
                     log(f"[{'pg' if postgres else 'sqlite'}] cycle {cycle}/{cycles}: "
@@ -705,11 +708,18 @@ def _start(proc: HubProcess, plan: Plan, rng: random.Random) -> None:
 
 
 def _cycle(rng: random.Random, plan: Plan, procs: list[HubProcess], kills: Counter[str],
-           not_reached: Counter[str]) -> Plan:
-    """Carry out one kill as planned, restart the process, return the next plan."""
+           not_reached: Counter[str], progress: Callable[[], int], last: bool) -> Plan:
+    """Carry out one kill as planned, restart the process, return the next plan.
+
+    A random kill waits first until the peers received something new since the last
+    restart (at most 15 s): on a busy machine a restarted process needs seconds before it
+    works, and a suite that only ever kills processes while they start proves little."""
     target = plan.target
     if plan.point == RANDOM:
-        time.sleep(rng.uniform(0.2, 1.5))
+        mark, deadline = progress(), time.monotonic() + 15
+        while progress() == mark and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 1.0))
         target.kill()
         kills[f"{RANDOM}@{target.command}"] += 1
     else:
@@ -726,7 +736,8 @@ def _cycle(rng: random.Random, plan: Plan, procs: list[HubProcess], kills: Count
             time.sleep(rng.uniform(0.0, 0.3))
             target.kill()
             kills[f"{RANDOM}@{target.command}"] += 1
-    following = _plan(rng, procs, target)
+    # After the last kill everything runs unarmed, so that the backlog drains.
+    following = Plan(RANDOM, target) if last else _plan(rng, procs, target)
     if following.point != RANDOM:
         following.before = target.child_kills()
     _start(target, following, rng)

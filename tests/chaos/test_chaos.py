@@ -26,7 +26,7 @@ def _assert_clean(report) -> None:
 
 
 def test_sqlite_kill_cycles_lose_duplicate_and_reorder_nothing(tmp_path):
-    report = run_chaos(tmp_path, cycles=20, seed=5, drain_seconds=90)
+    report = run_chaos(tmp_path, cycles=20, seed=5, drain_seconds=180)
     _assert_clean(report)
     points = {k.split("@")[0] for k in report.kills}
     assert len(points) >= 3, report.kills  # random kills and several named points fired
@@ -35,5 +35,5 @@ def test_sqlite_kill_cycles_lose_duplicate_and_reorder_nothing(tmp_path):
 @pytest.mark.pg
 def test_postgresql_serve_and_two_workers_killed_lose_nothing(tmp_path, pg_url):
     report = run_chaos(tmp_path, cycles=8, db_url=pg_url, seed=6, patients=6,
-                       drain_seconds=90)
+                       drain_seconds=180)
     _assert_clean(report)
