@@ -337,12 +337,19 @@ class Senders:
     """One thread per patient: a message at a time, resent until acknowledged."""
 
     def __init__(self, ports: Ports, patients: list[Patient], run: str, seed: int,
-                 pause: float = 0.4) -> None:
+                 pause: float = 0.4, backlog: Callable[[], int] = lambda: 0,
+                 max_backlog: int = 100) -> None:
         self.ports = ports
         self.patients = patients
         self.run = run
         self.seed = seed
         self.pause = pause
+        # A crash suite, not a load test: senders hold new messages back while more than
+        # `max_backlog` acknowledged effects are still undelivered (a killed gateway on a
+        # busy machine would otherwise face an ever-growing backlog and prove nothing new).
+        self.backlog = backlog
+        self.max_backlog = max_backlog
+        self.expected_effects = 0
         self.sent: list[tuple[Sent, Message]] = []
         self.attempts = 0
         self.resent = 0  # messages that needed more than one attempt
@@ -371,11 +378,15 @@ class Senders:
         base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
         i = 0
         while not self.finishing.is_set():
+            if self.backlog() > self.max_backlog:
+                time.sleep(0.1)
+                continue
             i += 1
             kind = rng.choice(KINDS)
             msg = build_message(kind, p, self.run, i, base + timedelta(seconds=i))
             acked, tries = self._until_acked(msg, p)
             with self.lock:
+                self.expected_effects += sum(len(e) for e in msg.effects.values()) if acked else 0
                 self.attempts += tries
                 self.resent += tries > 1
                 self.sent.append((Sent(f"{msg.source}:{msg.dedup_key}", p.person, i, acked,
@@ -553,14 +564,26 @@ class Collector:
         self.fhir = fhir
         self.mllp = mllp
         self.received: list[Received] = []
+        self.distinct: set[tuple[str, str]] = set()
+        self._seen = 0
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def poll(self) -> list[Received]:
+        with self._lock:
+            return self._poll()
+
+    def _poll(self) -> list[Received]:
         for request in self.fhir.take():
             for url in fhir_effects(request):
                 if url.split("/")[0] in PRIMARY:
                     self.received.append(Received("ehr", url, url))
         for m in self.mllp.take():
             self.received.append(Received("vitals", m.obr3, m.control_id))
+        for r in self.received[self._seen:]:
+            self.distinct.add((r.destination, r.effect))
+            self.counts[r.destination] += 1
+        self._seen = len(self.received)
         return self.received
 
 
@@ -627,7 +650,8 @@ def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: in
             procs += [HubProcess(f"worker{i}", "worker", config, env,
                                  workdir / f"worker{i}.log") for i in (1, 2)]
         collector = Collector(fhir, mllp)
-        senders = Senders(ports, people, run=f"{seed}", seed=seed)
+        senders = Senders(ports, people, run=f"{seed}", seed=seed,
+                          backlog=lambda: senders.expected_effects - len(collector.distinct))
         try:
             plan = _plan(rng, procs, serve)
             for proc in procs:
@@ -635,7 +659,7 @@ def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: in
             senders.start()
             for cycle in range(1, cycles + 1):
                 plan = _cycle(rng, plan, procs, kills, not_reached,
-                              lambda: len(collector.poll()), last=cycle == cycles)
+                              lambda: _progress(collector), last=cycle == cycles)
                 collector.poll()
                 if cycle % 10 == 0 or cycle == cycles:
                     log(f"[{'pg' if postgres else 'sqlite'}] cycle {cycle}/{cycles}: "
@@ -662,6 +686,11 @@ def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: in
          "by_kind": dict(Counter(m.kind for _, m in messages))})
     log(json.dumps(report.as_dict(), indent=1))
     return report
+
+
+def _progress(collector: Collector) -> tuple[int, ...]:
+    collector.poll()
+    return tuple(collector.counts[d] for d in ("ehr", "vitals"))
 
 
 def _drain(collector: Collector, senders: Senders, timeout: float) -> None:
@@ -708,16 +737,18 @@ def _start(proc: HubProcess, plan: Plan, rng: random.Random) -> None:
 
 
 def _cycle(rng: random.Random, plan: Plan, procs: list[HubProcess], kills: Counter[str],
-           not_reached: Counter[str], progress: Callable[[], int], last: bool) -> Plan:
+           not_reached: Counter[str], progress: Callable[[], tuple[int, ...]],
+           last: bool) -> Plan:
     """Carry out one kill as planned, restart the process, return the next plan.
 
-    A random kill waits first until the peers received something new since the last
-    restart (at most 15 s): on a busy machine a restarted process needs seconds before it
+    A random kill waits first until every peer received something new since the last
+    restart (at most 20 s): on a busy machine a restarted process needs seconds before it
     works, and a suite that only ever kills processes while they start proves little."""
     target = plan.target
     if plan.point == RANDOM:
-        mark, deadline = progress(), time.monotonic() + 15
-        while progress() == mark and time.monotonic() < deadline:
+        mark, deadline = progress(), time.monotonic() + 20
+        while any(a == b for a, b in zip(progress(), mark, strict=True)) \
+                and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(rng.uniform(0.0, 1.0))
         target.kill()
