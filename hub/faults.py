@@ -14,6 +14,7 @@ import threading
 CRASH_ENV = "TRYGGBRO_CRASH_AT"
 POINTS = frozenset({
     "after_commit_before_ack",  # intake committed, the sender has no answer yet
+    "mid_group_commit",  # intake's multi-row insert done, its transaction not committed
     "after_claim",  # deliveries leased, nothing sent
     "after_send_before_mark",  # the destination answered, the outcome is not recorded
     "mid_processing",  # inside a processing batch, before its commit

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import make_url
 
 from hub.domain.model import MessageState, RawMessage
+from hub.faults import crashpoint
 from hub.logging import get_logger
 from hub.store.db import SQLITE_BUSY_TIMEOUT_MS, Database, _sqlite_pragmas
 from hub.store.repository import IntakeResult, J, Repository, to_db
@@ -132,6 +133,7 @@ class SqliteJournalWriter:
                 stored = conn.execute(self._select_sql, (raw.source, raw.dedup_key)).fetchone()
                 results.append(IntakeResult(int(stored[0]), duplicate=True,
                                             same_body=stored[1] == digest, answer=stored[2]))
+            crashpoint("mid_group_commit")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -52,6 +52,7 @@ from hub.domain.model import (
 )
 from hub.domain.privacy import PERSON_ID_SYSTEMS, safe_error_text
 from hub.errors import HubError
+from hub.faults import crashpoint
 from hub.logging import get_logger
 from hub.registry import EnrolmentRequest, format_plans, parse_plans
 from hub.store.db import Database
@@ -348,6 +349,7 @@ class Repository:
                                    new_rows).scalars().all()
                 for key, row_id, new in zip(new_keys, ids, new_rows, strict=True):
                     known[key] = (int(row_id), new["body_sha256"], new["answer"])
+                crashpoint("mid_group_commit")
         results = []
         first_seen: set[tuple[str, str]] = set(new_keys)
         for raw, digest in zip(raws, digests, strict=True):

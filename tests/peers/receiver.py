@@ -36,6 +36,23 @@ class RecordedRequest(NamedTuple):
     """time.monotonic() when the request was complete."""
 
 
+def fhir_effects(request: RecordedRequest) -> list[str]:
+    """The resources a FHIR write request puts, as "Type/id", in the order it puts them:
+    each entry of a transaction/batch Bundle POSTed at the base, or the URL of a PUT."""
+    if request.method == "PUT":
+        return ["/".join(request.path.rstrip("/").split("/")[-2:])]
+    if request.method != "POST":
+        return []
+    try:
+        bundle = json.loads(request.body)
+    except ValueError:
+        return []
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return []
+    return [str(e["request"]["url"]) for e in bundle.get("entry", [])
+            if isinstance(e, dict) and (e.get("request") or {}).get("method") == "PUT"]
+
+
 class _Response(NamedTuple):
     keep_alive: bytes
     close: bytes
@@ -236,6 +253,12 @@ class RecordingReceiver:
         """A copy of the requests received so far, in arrival order."""
         with self._cond:
             return list(self._records)
+
+    def take(self) -> list[RecordedRequest]:
+        """The requests received so far, in arrival order, forgetting them (long runs)."""
+        with self._cond:
+            taken, self._records = self._records, []
+            return taken
 
     def clear(self) -> None:
         """Forget the recorded requests."""
