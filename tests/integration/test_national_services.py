@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from hub.api.app import create_app
 from hub.auth import DPoPSigner, htu
 from hub.auth.oauth import TokenClient
 from hub.cli import State, cli
@@ -36,10 +37,9 @@ from hub.destinations.pmd import (
 )
 from hub.destinations.vkp import DEFAULT_SCOPES, write_scope
 from hub.domain.model import OutboundDelivery, OutcomeKind, RawMessage
-from hub.api.app import create_app
 from hub.errors import ConfigError
-from hub.httpclient import asgi_client
 from hub.fhir import structure_problems
+from hub.httpclient import asgi_client
 from hub.runtime import Hub
 from tests.integration.helpers import (
     FAST_RETRY,
@@ -265,6 +265,78 @@ async def test_vkp_unknown_org_number_pauses_with_a_clear_error(tmp_path, vkp, h
         hub.close()
 
 
+ZONE_EXT = "http://ehelse.no/fhir/StructureDefinition/vkp-sone-v090"
+HOUSEHOLD_EXT = "http://hl7.no/fhir/StructureDefinition/vkp-household-v090"  # either host
+ELOCK_EXT = "http://ehelse.no/fhir/StructureDefinition/vkp-elock-v090"
+
+
+def vkp_patient(fnr: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": "p1",
+            "identifier": [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": fnr}],
+            "extension": [{"url": ZONE_EXT, "valueString": "Sone 3 Grünerløkka"},
+                          {"url": HOUSEHOLD_EXT, "valueString": "Bor alene, hund"}],
+            "address": [{"extension": [{"url": ELOCK_EXT, "valueString": "Phoniro"}],
+                         "line": ["Testveien 1"], "postalCode": "0550"}]}
+
+
+async def test_vkp_enriches_alarms_with_zone_household_and_e_lock(tmp_path, vkp, helseid):
+    vkp.municipalities[ORG].patients[PATIENTS[0]] = vkp_patient(PATIENTS[0])
+    hub = vkp_hub(tmp_path, vkp, helseid, enrich_patients=True)
+    try:
+        async with running(hub):
+            first = await send_alarm(hub, 40)
+            second = await send_alarm(hub, 41)
+            for message in (first, second):
+                await wait_until(lambda m=message: delivery_of(hub, m, "vkp")["state"]
+                                 == "delivered", what="delivered to VKP")
+            enricher = hub.plugins.pm.get_plugin("patient-context:vkp")
+    finally:
+        hub.close()
+    issues = vkp.resources("DetectedIssue")
+    assert len(issues) == 2
+    for issue in issues:
+        detail = issue.resource["detail"]
+        assert "Sone (zone): Sone 3 Grünerløkka" in detail
+        assert "Husstand (household): Bor alene, hund" in detail
+        assert "Dørlås (e-lock): Phoniro" in detail
+    assert vkp.searches == 1  # the second alarm used the cached answer
+    assert (enricher.hits, enricher.misses) == (2, 0)
+
+
+async def test_a_vkp_outage_does_not_stop_processing(tmp_path, helseid, caplog):
+    """The read side is down (nothing listens): alarms are mapped and delivered without
+    the patient context, the miss is logged without the patient, and searches pause."""
+    helseid.register(DEFAULT_SCOPES, claims=VkpPeer.client_claims(VKP_ID), dpop=False)
+    with VkpPeer() as gone:
+        dead_url = f"{gone.url}/epj/r4"
+    hub = hub_with(tmp_path, helseid, {
+        "vkp": {"type": "vkp", "base_url": dead_url, "organisation_number": ORG,
+                "enrich_patients": True, "enrich_timeout_seconds": 1},
+        "files": {"type": "folder", "path": str(tmp_path / "out")},
+    }, dpop=False, routes=[{"name": "alarms", "match": {"categories": ["safety_alarm"]},
+                             "destinations": ["files"]}])
+    try:
+        async with running(hub):
+            sent = [await send_alarm(hub, 50), await send_alarm(hub, 51)]
+            for message in sent:
+                await wait_until(lambda m=message: delivery_of(hub, m, "files")["state"]
+                                 == "delivered", what="delivered without VKP")
+            enricher = hub.plugins.pm.get_plugin("patient-context:vkp")
+    finally:
+        hub.close()
+    assert enricher.misses == 1
+    assert enricher.skipped == 1  # the second alarm did not wait for VKP again
+    bundles = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    details = [e["resource"].get("detail", "") for b in bundles for e in b["entry"]
+               if e["resource"]["resourceType"] == "DetectedIssue"]
+    assert len(details) == 2
+    assert not any("Sone (zone)" in d for d in details)
+    warnings = [r.getMessage() for r in caplog.records
+                if "patient context not available" in r.getMessage()]
+    assert warnings
+    assert not any(PATIENTS[0] in w for w in warnings)
+
+
 def test_vkp_malformed_org_number_is_a_config_error(tmp_path, helseid):
     hub = hub_with(tmp_path, helseid, {"vkp": {
         "type": "vkp", "base_url": "https://vkp.invalid/epj/r4",
@@ -353,7 +425,7 @@ def cli_status(hub: Hub) -> str:
 
 async def test_jft_202_registered_read_journaled_ends_delivered(tmp_path, jft, helseid):
     hub = jft_hub(tmp_path, jft, helseid)
-    verifier = jft.verifier.inner  # type: ignore[attr-defined]
+    verifier = jft.verifier.inner
     try:
         async with running(hub):
             first = await send_alarm(hub, 10)
@@ -402,7 +474,7 @@ async def test_admin_status_counts_awaiting_per_transport_state(tmp_path, jft, h
                              == "awaiting_receipt", what="awaiting")
             second = await send_alarm(hub, 14)
             await wait_until(lambda: len(jft.stored()) == 2, what="two events at JFT")
-            one, two = jft.stored()
+            _, two = jft.stored()
             jft.register_event(two.id)
             await wait_until(lambda: delivery_of(hub, second, "jft")["transport_state"]
                              == "registered", what="registered")
@@ -477,7 +549,7 @@ def pmd_destination(tmp_path: Path, helseid: HelseIdClient, pmd: PmdPeer,
                     scope: str = PMD_SCOPE) -> Built:
     return Built(tmp_path, helseid, {
         "type": "pmd", "base_url": pmd.url, "organisation_number": ORG,
-        "municipality": "0301", "scope": scope}, db=f"pmd-{scope.replace(':', '-').replace('/', '-')}")
+        "municipality": "0301", "scope": scope}, db="pmd" if scope == PMD_SCOPE else "pmd-other")
 
 
 async def test_pmd_collection_bundle_with_the_municipality_tag(tmp_path, pmd, helseid):
@@ -643,7 +715,7 @@ async def test_abuse_cases_pause_the_national_destination_without_a_storm(
         hub = jft_hub(tmp_path, jft, helseid, poll=60.0, pause=60.0, **auth_extra)
         try:
             async with running(hub):
-                sent = []
+                sent: list[int] = []
                 for n in range(alarms):
                     if n == 1:
                         await wait_until(lambda: delivery_of(hub, sent[0], "jft")["state"]
