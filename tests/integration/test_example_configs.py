@@ -98,15 +98,15 @@ def test_the_national_example_routes_each_kind(national, ev, expected):
 def test_the_national_example_needs_its_key_files(national):
     """Every destination's keys validate; building them reads the private keys, which
     are not on this machine: the error names the key and the file."""
-    with pytest.raises(ConfigError, match=r"auth\.helseid-vkp-4601\.private_key_file: cannot "
-                       r"read /etc/tryggbro/keys/helseid-vkp-4601\.pem"):
+    with pytest.raises(ConfigError, match=r"auth\.helseid-4601(-bearer)?\.private_key_file: "
+                       r"cannot read /etc/tryggbro/keys/helseid-4601\.pem"):
         national.build_destinations()
 
 
 async def test_the_national_example_delivers_through_helseid_to_vkp_and_jft(tmp_path, rsa_key):
-    """The example as shipped, with only its hosts and key paths pointed at the local
-    HelseID, VKP and JFT peers: an alarm reaches VKP (enriched from VKP's Patient) and
-    JFT (registered, awaiting journaling), each with its own HelseID client."""
+    """The example as shipped, with only its hosts and key path pointed at the local
+    HelseID, VKP and JFT peers: an alarm reaches VKP (Bearer; enriched from VKP's
+    Patient) and JFT (DPoP; registered, awaiting journaling) with the one client."""
     from tests.integration.helpers import PATIENTS, alarm_event, body, enrol
     from tests.integration.running import running, wait_until
     from tests.integration.test_auth import public_jwk, write_pem
@@ -119,10 +119,10 @@ async def test_the_national_example_delivers_through_helseid_to_vkp_and_jft(tmp_
     text = NATIONAL.read_text()
     with AuthorizationServer(require_nonce=True) as sts:
         vkp_id = "Tryggbro_Bergen"
+        # One client (DPoP allowed, not required), with the scopes of all three services.
         sts.register_client("00000000-0000-0000-0000-000000004601", public_jwk(rsa_key),
-                            DEFAULT_SCOPES, dpop=False, claims=VkpPeer.client_claims(vkp_id))
-        sts.register_client("00000000-0000-0000-0000-000000014601", public_jwk(rsa_key),
-                            {"nhn:jft/api", "nhn:pmd/api"}, claims={ORGNR_PARENT: BERGEN_ORG})
+                            {*DEFAULT_SCOPES, "nhn:jft/api", "nhn:pmd/api"}, dpop=False,
+                            claims={**VkpPeer.client_claims(vkp_id), ORGNR_PARENT: BERGEN_ORG})
         with VkpPeer(HelseIdVerifier(sts.verifier(require_dpop=False))) as vkp, \
                 JftPeer(HelseIdVerifier(sts.verifier(require_nonce=True))) as jft:
             vkp.add_municipality(BERGEN_ORG, active_service={PATIENTS[0]})
@@ -135,7 +135,6 @@ async def test_the_national_example_delivers_through_helseid_to_vkp_and_jft(tmp_
                 ("https://helseid-sts.test.nhn.no", sts.issuer),
                 ("https://api.test.vkpnorge.no/epj/r4", f"{vkp.url}/epj/r4"),
                 ("https://api.write.jft.test.nhn.no", jft.url),
-                ("/etc/tryggbro/keys/helseid-vkp-4601.pem", str(key)),
                 ("/etc/tryggbro/keys/helseid-4601.pem", str(key)),
                 ("/var/lib/tryggbro", str(tmp_path)),
                 ('mappings_dir = "../mappings"', f'mappings_dir = "{ROOT / "mappings"}"'),
@@ -172,6 +171,4 @@ async def test_the_national_example_delivers_through_helseid_to_vkp_and_jft(tmp_
         # search (processing builds its own client: it may run in a process of its own).
         tokens = [r for r in sts.token_requests if r.error != "use_dpop_nonce"]
         assert [r.error for r in tokens] == [None, None, None]
-        assert sorted(r.client_id or "" for r in tokens) == [
-            "00000000-0000-0000-0000-000000004601", "00000000-0000-0000-0000-000000004601",
-            "00000000-0000-0000-0000-000000014601"]
+        assert sorted(r.dpop for r in tokens) == [False, False, True]  # VKP Bearer, JFT DPoP

@@ -286,9 +286,8 @@ async def test_vkp_enriches_alarms_with_zone_household_and_e_lock(tmp_path, vkp,
         async with running(hub):
             first = await send_alarm(hub, 40)
             second = await send_alarm(hub, 41)
-            for message in (first, second):
-                await wait_until(lambda m=message: delivery_of(hub, m, "vkp")["state"]
-                                 == "delivered", what="delivered to VKP")
+            await wait_until(lambda: all(delivery_of(hub, m, "vkp")["state"] == "delivered"
+                                         for m in (first, second)), what="delivered to VKP")
             enricher = hub.plugins.pm.get_plugin("patient-context:vkp")
     finally:
         hub.close()
@@ -318,9 +317,8 @@ async def test_a_vkp_outage_does_not_stop_processing(tmp_path, helseid, caplog):
     try:
         async with running(hub):
             sent = [await send_alarm(hub, 50), await send_alarm(hub, 51)]
-            for message in sent:
-                await wait_until(lambda m=message: delivery_of(hub, m, "files")["state"]
-                                 == "delivered", what="delivered without VKP")
+            await wait_until(lambda: all(delivery_of(hub, m, "files")["state"] == "delivered"
+                                         for m in sent), what="delivered without VKP")
             enricher = hub.plugins.pm.get_plugin("patient-context:vkp")
     finally:
         hub.close()
