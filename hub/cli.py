@@ -219,6 +219,10 @@ def status(state: State, as_json: bool) -> None:
                      "paused" if dest in report.paused else ""))
     click.echo(_table(rows, ("  destination", "pending", "leased", "awaiting receipt",
                              "delivered", "dead", "oldest pending", "escalated", "")))
+    for dest, states in sorted(report.awaiting_by_transport_state.items()):
+        if set(states) != {"-"}:
+            click.echo(f"  {dest} awaiting: " + ", ".join(
+                f"{n} {st}" for st, n in sorted(states.items())))
     for dest, info in report.paused.items():
         click.echo(f"  {dest} paused until {_when(info['until'])}: {info['reason']}")
     for dest, alert in sorted(outbox_alerts(report, hub.config.monitor).items()):

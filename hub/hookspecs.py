@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         RegisterSource,
         RouteContext,
     )
-    from hub.domain.model import Enrolment, Event, Outcome
+    from hub.domain.model import Enrolment, Event, Outcome, PatientContext
     from hub.domain.routing import RouteDecision
 
 PROJECT = "hub"
@@ -116,6 +116,24 @@ def hub_enrich_event(event: Event, context: EnrichContext) -> MaybeAwaitable[Enr
     :returns: an :class:`hub.domain.model.Enrolment`, or None if this plugin does not
         know the device. The first non-None result in call order is used; the built-in
         device registry runs last. An event nobody enrols is held as ``unmatched``.
+    """
+
+
+@hookspec
+def hub_patient_context(
+    event: Event, enrolment: Enrolment
+) -> MaybeAwaitable[PatientContext | None]:
+    """Tell what is known about the event's patient (care zone, household, door-lock
+    system), for the resources the event is mapped to.
+
+    :param event: the event, enrolled and about to be mapped (filtered events are not
+        asked about).
+    :param enrolment: its enrolment (the patient's identifier).
+    :returns: a :class:`hub.domain.model.PatientContext`, or None. Results are merged in
+        call order (the first value of each field wins) into ``enrolment.context``, which
+        ``hub_map_event`` sees. Best effort: an implementation that raises or times out
+        is logged (without the patient) and counted, and the event goes on without it.
+        Called outside any database transaction; an awaitable runs on the hub's loop.
     """
 
 

@@ -29,6 +29,7 @@ from hub.domain.model import (
     Event,
     EventState,
     MessageState,
+    PatientContext,
     ReceiptStatus,
     StoredMessage,
 )
@@ -120,6 +121,7 @@ class Pipeline:
         self.route_context = RouteContext(tuple(rules), frozenset(destinations))
         self.repo = repo
         self.resolve = resolve
+        self.patient_context_misses = 0  # hub_patient_context failures (log + count)
 
     def run_batch(self, messages: Sequence[StoredMessage]) -> list[MessageOutcome]:
         """Decide what happens to each message. Never raises: failures become outcomes.
@@ -222,6 +224,7 @@ class Pipeline:
                 return replace(base, priority=priority,
                                filtered_by="superseded-by-newer-snapshot")
             batch.snapshots[key] = event.occurred_at
+        enrolment = self._patient_context(event, enrolment)
         bid = bundle_id(msg.source, msg.dedup_key, seq)
         resources = self._map(msg, seq, event, enrolment)
         bundle = transaction_bundle(bid, event.occurred_at, resources)
@@ -297,6 +300,21 @@ class Pipeline:
         except Exception as exc:
             raise MessageFailed("enrich", _describe(exc)) from exc
         return None
+
+    def _patient_context(self, event: Event, enrolment: Enrolment) -> Enrolment:
+        """What plugins know about the patient (hub_patient_context), best effort: a
+        plugin that fails is logged without the patient, and the event goes on."""
+        merged = enrolment.context or PatientContext()
+        try:
+            for result in self.hook.hub_patient_context(event=event, enrolment=enrolment):
+                value = self.resolve(result)
+                if isinstance(value, PatientContext):
+                    merged = merged.merged(value)
+        except Exception as exc:
+            self.patient_context_misses += 1
+            log.warning("patient context not available; mapped without it",
+                        reason=_describe(exc), misses=self.patient_context_misses)
+        return replace(enrolment, context=merged) if merged else enrolment
 
     def _assess_measurement(self, event: Event, enrolment: Enrolment) -> Event:
         """A DHO measurement outside the patient's plan is an alert (5.1) before routing,

@@ -124,6 +124,8 @@ class Hub:
         self.worker = worker_id(config.hub.instance)
         self.rules = rules_from_config(config)
         self.destinations: dict[str, Destination] = {}
+        # Destinations built for processing's hub_patient_context (register_enrichers).
+        self.enrichers: dict[str, Any] = {}
         self.intake = Intake(self.repo, config.intake.max_batch, on_committed=self._wake_processor)
         self.sources: dict[str, Source] = {}
         # Sources hold their senders' secrets: only the process that serves them needs
@@ -193,6 +195,27 @@ class Hub:
                 self.destinations[name] = dtype.factory(name, settings)
             except ConfigError as exc:
                 raise ConfigError(f"{self.config.path}: {exc}") from None
+
+    def register_enrichers(self) -> None:
+        """Destinations that can tell about patients (a VKP destination with
+        `enrich_patients = true`: `patient_context_plugin()` returns a hub_patient_context
+        plugin) are built for this process's processing, apart from the dispatcher's
+        (processing may run in a child process of its own), and registered as plugins."""
+        for name, dest in self.config.destinations.items():
+            if name in self.enrichers:
+                continue
+            dtype = self.registries.destination_types[dest.type]
+            settings = _resolve_paths(self.config, validate_type_settings(
+                self.config, f"destinations.{name}", dtype.settings_model, dest.type_settings()))
+            if not getattr(settings, "enrich_patients", False):
+                continue
+            try:
+                built = dtype.factory(name, settings)
+            except ConfigError as exc:
+                raise ConfigError(f"{self.config.path}: {exc}") from None
+            plugin = built.patient_context_plugin()  # type: ignore[attr-defined]
+            self.plugins.register(plugin, f"patient-context:{name}")
+            self.enrichers[name] = built
 
     def pipeline(self, resolve: Callable[[Any], Any] | None = None) -> Pipeline:
         return Pipeline(
@@ -362,6 +385,7 @@ class Hub:
     async def _process_loop(self) -> None:
         assert self._stop is not None
         assert self._processor_wake is not None
+        self.register_enrichers()
         processor = self.processor()
         poll = self.config.processing.poll_seconds
         await asyncio.to_thread(warm_up)
@@ -396,7 +420,7 @@ class Hub:
         _, pending = await asyncio.wait(tasks, timeout=15)
         for task in pending:
             task.cancel()
-        for destination in self.destinations.values():
+        for destination in [*self.destinations.values(), *self.enrichers.values()]:
             try:
                 await destination.aclose()
             except Exception:

@@ -90,12 +90,26 @@ def detected_issue(event: Event, ctx: MapContext,
     if event.severity:
         resource["severity"] = event.severity
     detail = (alarm.trigger_text if alarm else None) or event.detail
+    known = _known_about_patient(ctx)
+    if known:
+        detail = f"{detail}. {known}" if detail else known
     if detail:
         resource["detail"] = detail
     if event.position is not None:
         resource["evidence"] = [{"detail": [
             {"reference": f"Location/{ctx.resource_id(event, 'Location')}"}]}]
     return resource
+
+
+def _known_about_patient(ctx: MapContext) -> str:
+    """What the EPJ knows about the patient (hub_patient_context, e.g. VKP's Patient), for
+    the responder reading the issue: care zone, household, e-lock system."""
+    known = ctx.enrolment.context
+    if not known:
+        return ""
+    facts = (("Sone (zone)", known.zone), ("Husstand (household)", known.household),
+             ("Dørlås (e-lock)", known.door_lock))
+    return "; ".join(f"{label}: {value}" for label, value in facts if value)
 
 
 def location(event: Event, position: Position, ctx: MapContext) -> dict[str, Any]:

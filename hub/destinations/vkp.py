@@ -17,17 +17,26 @@ not the HTTP status:
   payload: dead letter with the code and VKP's text shown.
 
 Read side: `VkpPatientDirectory` searches a Patient by fødselsnummer, with a short-lived
-cache keyed by a keyed hash of the number (never the number itself).
+cache keyed by a keyed hash of the number (never the number itself). With
+`enrich_patients = true` the destination also answers `hub_patient_context` in
+processing (`VkpPatientEnricher`): each routed event of an enrolled patient is mapped
+with the care zone, household and e-lock system VKP's Patient carries (the extensions
+`vkp-sone-v090`, `vkp-household-v090` and, on the address, `vkp-elock-v090`). Best
+effort: a search that fails or takes longer than `enrich_timeout_seconds` is logged and
+counted, and searches pause for `enrich_backoff_seconds`, so an outage of VKP costs each
+event at most that timeout once and processing goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +47,7 @@ from pydantic import Field
 from hub import hookimpl
 from hub.auth import AuthError, RequestAuthorizer, outcome_for_auth_error
 from hub.contracts import DestinationType, RegisterDestination
-from hub.domain.model import OutboundDelivery, Outcome
+from hub.domain.model import Enrolment, Event, OutboundDelivery, Outcome, PatientContext
 from hub.domain.privacy import FNR_SYSTEM
 from hub.errors import HubError
 from hub.httpclient import HttpClient, HttpResponse, TransportFailure
@@ -92,6 +101,14 @@ class VkpSettings(NationalSettings, OrganisationMixin):
     patient_cache_seconds: float = Field(
         60.0, ge=0, le=3600,
         description="read side: how long a Patient search result is kept (0: not cached)")
+    enrich_patients: bool = Field(
+        False, description="read side: map events with the zone, household and e-lock "
+        "system of VKP's Patient (needs the patient.read scope)")
+    enrich_timeout_seconds: float = Field(
+        2.0, gt=0, le=30, description="read side: longest wait for a Patient search")
+    enrich_backoff_seconds: float = Field(
+        30.0, ge=0, le=3600,
+        description="read side: after a failed search, map without VKP for this long")
 
 
 def vkp_codes(body: bytes) -> list[str]:
@@ -179,9 +196,89 @@ class VkpDestination:
                                  f"organisation {self.settings.organisation_number}",
                                  last.status_code)
 
+    def patient_context_plugin(self) -> VkpPatientEnricher:
+        return VkpPatientEnricher(self.name, self.directory, self.settings)
+
     async def aclose(self) -> None:
         await self.client.aclose()
         await self.auth.aclose()
+
+
+def _extension_value(extensions: Any, suffix: str) -> str | None:
+    for ext in extensions if isinstance(extensions, list) else []:
+        if not isinstance(ext, dict) or not str(ext.get("url", "")).lower().endswith(suffix):
+            continue
+        coding = ext.get("valueCoding") or {}
+        concept = ext.get("valueCodeableConcept") or {}
+        value = (ext.get("valueString") or coding.get("display") or coding.get("code")
+                 or concept.get("text"))
+        if isinstance(value, str) and value.strip():
+            return value.strip()[:200]
+    return None
+
+
+def patient_context(patient: dict[str, Any]) -> PatientContext:
+    """The care zone, household and e-lock system of a vkp-Patient (any host spelling of
+    the extension URLs: ehelse.no or hl7.no)."""
+    lock = None
+    for address in patient.get("address") or []:
+        if isinstance(address, dict):
+            lock = lock or _extension_value(address.get("extension"), "vkp-elock-v090")
+    return PatientContext(
+        zone=_extension_value(patient.get("extension"), "vkp-sone-v090"),
+        household=_extension_value(patient.get("extension"), "vkp-household-v090"),
+        door_lock=lock)
+
+
+class VkpPatientEnricher:
+    """`hub_patient_context` from one VKP destination's Patient search (best effort).
+
+    Asked only about patients of its own organisation: an enrolment naming another
+    organisation number is not searched. Counters: `hits`, `not_found`, `misses`
+    (failed or timed out) and `skipped` (during the back-off after a miss)."""
+
+    def __init__(self, name: str, directory: VkpPatientDirectory,
+                 settings: VkpSettings, clock: Any = time.monotonic) -> None:
+        self.name = name
+        self.directory = directory
+        self.organisation_number = settings.organisation_number
+        self.timeout = settings.enrich_timeout_seconds
+        self.backoff = settings.enrich_backoff_seconds
+        self._clock = clock
+        self._quiet_until = 0.0
+        self.hits = self.not_found = self.misses = self.skipped = 0
+
+    def __repr__(self) -> str:
+        return f"VkpPatientEnricher({self.name!r})"
+
+    @hookimpl
+    def hub_patient_context(self, event: Event,
+                            enrolment: Enrolment) -> Awaitable[PatientContext | None] | None:
+        if enrolment.organisation not in (None, self.organisation_number):
+            return None
+        if self._clock() < self._quiet_until:
+            self.skipped += 1
+            return None
+        return self._lookup(enrolment)
+
+    async def _lookup(self, enrolment: Enrolment) -> PatientContext | None:
+        try:
+            patient = await asyncio.wait_for(
+                self.directory.patient(enrolment.patient.value, enrolment.patient.system),
+                self.timeout)
+        except (VkpLookupError, TimeoutError) as exc:
+            self.misses += 1
+            self._quiet_until = self._clock() + self.backoff
+            reason = str(exc) or f"no answer within {self.timeout:g} s"
+            log.warning("VKP patient context not available; mapping without it",
+                        destination=self.name, reason=reason, misses=self.misses,
+                        backoff_seconds=self.backoff)
+            return None
+        if patient is None:
+            self.not_found += 1
+            return None
+        self.hits += 1
+        return patient_context(patient)
 
 
 @dataclass(frozen=True, slots=True)

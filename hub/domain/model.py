@@ -481,6 +481,26 @@ class LegalBasis:
 
 
 @dataclass(frozen=True, slots=True)
+class PatientContext:
+    """What the municipality's EPJ knows about the patient, for whoever responds to an
+    event: the VKP Patient extensions (domain.md §1.3) `vkp-sone-v090` (care zone),
+    `vkp-household-v090` (household: lives alone, pets …) and the address extension
+    `vkp-elock-v090` (the e-lock system's name). Personal data: payloads only, never logs."""
+
+    zone: str | None = None
+    household: str | None = None
+    door_lock: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.zone or self.household or self.door_lock)
+
+    def merged(self, other: PatientContext) -> PatientContext:
+        """This context with the fields it lacks taken from `other`."""
+        return PatientContext(self.zone or other.zone, self.household or other.household,
+                              self.door_lock or other.door_lock)
+
+
+@dataclass(frozen=True, slots=True)
 class Enrolment:
     """A device's enrolment: who it serves, where, and on which basis.
 
@@ -496,6 +516,9 @@ class Enrolment:
     care_team: str | None = None
     legal_basis: LegalBasis = LegalBasis(LegalBasisKind.CONSENT)
     measurement_plans: tuple[MeasurementPlan, ...] = ()
+    # Filled in processing by `hub_patient_context` (e.g. VKP's Patient search), just
+    # before mapping; None when nobody knows more.
+    context: PatientContext | None = None
 
     def plan_for(self, measurement_type: str) -> MeasurementPlan | None:
         return next((p for p in self.measurement_plans if p.type == measurement_type), None)

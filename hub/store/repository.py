@@ -280,10 +280,14 @@ class StatusReport:
     paused: dict[str, dict[str, Any]] = field(default_factory=dict)
     oldest_unprocessed_seconds: float | None = None
     receipts_overdue: dict[str, int] = field(default_factory=dict)
+    # Deliveries awaiting a receipt, per destination and transport state (JFT: accepted,
+    # registered, read; "-" for a delivery whose transport state is not known yet).
+    awaiting_by_transport_state: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "receipts_overdue": self.receipts_overdue,
+            "awaiting_by_transport_state": self.awaiting_by_transport_state,
             "messages": self.messages,
             "deliveries": self.deliveries,
             "oldest_pending_seconds": self.oldest_pending_seconds,
@@ -1084,6 +1088,12 @@ class Repository:
                 .group_by(D.c.destination)
             ):
                 report.receipts_overdue[dest] = int(n)
+            for dest, tstate, n in conn.execute(
+                select(D.c.destination, D.c.transport_state, func.count())
+                .where(D.c.state == DeliveryState.AWAITING_RECEIPT.value)
+                .group_by(D.c.destination, D.c.transport_state)
+            ):
+                report.awaiting_by_transport_state.setdefault(dest, {})[tstate or "-"] = int(n)
             oldest = conn.execute(select(func.min(J.c.received_at)).where(
                 J.c.state.in_([MessageState.RECEIVED.value, MessageState.PROCESSING.value])
             )).scalar()

@@ -84,10 +84,9 @@ def r5_observation_problems(obs: dict[str, Any], where: str) -> list[str]:
 class PmdPeer(HttpPeer):
     name = "pmd"
 
-    def __init__(self, scope: str, verifier: Verifier | None = None, *,
-                 require_dpop: bool = True) -> None:
+    def __init__(self, scope: str, verifier: Verifier | None = None) -> None:
         self.scope = scope
-        self.tokens = StaticTokens(require_dpop=require_dpop)
+        self.tokens = StaticTokens(require_dpop=True)  # PMD takes DPoP-bound tokens only
         self.verifier: Verifier = verifier or self.tokens
         self.bundles: list[StoredBundle] = []
         self._failures: list[int] = []
