@@ -10,22 +10,17 @@ a JWT's signature, audience and expiry and the DPoP proof (htm, htu, ath, jti, n
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import socket
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
-from ._aio import LoopThread
-
-HOST = "127.0.0.1"
+from ._asgi import AsgiPeer
 
 
 @dataclass(frozen=True)
@@ -133,53 +128,22 @@ class HttpPeer:
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.lock = threading.Condition()
-        self._thread = LoopThread(f"{self.name}-peer")
-        self._server: uvicorn.Server | None = None
-        self._sock: socket.socket | None = None
-        self._serve_task: asyncio.Task[None] | None = None
-        self.port = 0
+        self._asgi = AsgiPeer(app, f"{self.name}-peer")
+
+    @property
+    def port(self) -> int:
+        return self._asgi.port
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return self._asgi.url
 
     def start(self) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
-        sock.listen(128)
-        self._sock = sock
-        self.port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off", loop="asyncio"))
-        server.capture_signals = _no_signals  # type: ignore[method-assign,assignment]
-        self._server = server
-        self._thread.start()
-
-        async def begin() -> None:
-            self._serve_task = asyncio.get_running_loop().create_task(server.serve([sock]))
-            while not server.started:
-                await asyncio.sleep(0.01)
-
-        self._thread.run(begin())
-        return self.port
+        self._asgi.app = self.app  # a test may wrap the app (e.g. a header-dropping proxy)
+        return self._asgi.start()
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.should_exit = True
-
-        async def end() -> None:
-            if self._serve_task is not None:
-                await asyncio.wait_for(self._serve_task, timeout=10)
-
-        try:
-            self._thread.run(end(), timeout=15)
-        finally:
-            self._thread.stop()
-            if self._sock is not None:
-                self._sock.close()
-            self._server = None
+        self._asgi.stop()
 
     def __enter__(self) -> Self:
         self.start()
@@ -188,15 +152,3 @@ class HttpPeer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-class _NoSignals:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
-def _no_signals() -> _NoSignals:
-    return _NoSignals()

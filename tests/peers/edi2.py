@@ -17,11 +17,9 @@ POST /Messages/{id}/Apprec/{herId}.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
-import socket
 import threading
 import time
 import uuid
@@ -30,16 +28,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-import uvicorn
 from lxml import etree
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._aio import LoopThread
+from ._asgi import AsgiPeer
 
-HOST = "127.0.0.1"
 MSGHEAD = "http://www.kith.no/xmlstds/msghead/2006-05-24"
 APPREC11 = "http://www.kith.no/xmlstds/apprec/2012-02-15"
 APPREC10 = "http://www.kith.no/xmlstds/apprec/2004-11-21"
@@ -103,11 +99,6 @@ class Edi2Peer:
         # The transport state a newly posted message starts in (Unconfirmed: the
         # receiver's message handler has not acknowledged it yet).
         self.next_transport_state = "Acknowledged"
-        self._thread = LoopThread("edi2-peer")
-        self._server: uvicorn.Server | None = None
-        self._sock: socket.socket | None = None
-        self._serve_task: asyncio.Task[None] | None = None
-        self.port = 0
         self.app = Starlette(routes=[
             Route("/Messages", self._post_message, methods=["POST"]),
             Route("/Messages/Unread", self._unread, methods=["GET"]),
@@ -116,6 +107,7 @@ class Edi2Peer:
             Route("/Messages/{id}/Read/{her_id}", self._read, methods=["PUT"]),
             Route("/Messages/{id}/Apprec/{her_id}", self._apprec, methods=["POST"]),
         ])
+        self._asgi = AsgiPeer(self.app, "edi2-peer")
 
     # -- HTTP side -------------------------------------------------------------------------
 
@@ -383,47 +375,19 @@ class Edi2Peer:
     # -- lifecycle -----------------------------------------------------------------------------
 
     @property
+    def port(self) -> int:
+        return self._asgi.port
+
+    @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return self._asgi.url
 
     def start(self) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
-        sock.listen(128)
-        self._sock = sock
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off", loop="asyncio"))
-        self._server.capture_signals = _no_signals  # type: ignore[method-assign,assignment]
-        self._thread.start()
-        server = self._server
-
-        async def begin() -> None:
-            self._serve_task = asyncio.get_running_loop().create_task(server.serve([sock]))
-            while not server.started:
-                await asyncio.sleep(0.01)
-
-        self._thread.run(begin())
-        return self.port
+        self._asgi.app = self.app  # a test may wrap the app (e.g. a header-dropping proxy)
+        return self._asgi.start()
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        server = self._server
-        server.should_exit = True
-
-        async def end() -> None:
-            if self._serve_task is not None:
-                await asyncio.wait_for(self._serve_task, timeout=10)
-
-        try:
-            self._thread.run(end(), timeout=15)
-        finally:
-            self._thread.stop()
-            if self._sock is not None:
-                self._sock.close()
-            self._server = None
+        self._asgi.stop()
 
     def __enter__(self) -> Self:
         self.start()
@@ -432,15 +396,3 @@ class Edi2Peer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-
-class _NoSignals:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
-def _no_signals() -> _NoSignals:
-    return _NoSignals()
