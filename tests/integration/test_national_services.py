@@ -707,7 +707,7 @@ async def test_abuse_cases_pause_the_national_destination_without_a_storm(
         monkeypatch.setattr(DPoPSigner, "proof", cached)
     peer = JftPeer(helseid.verifier())
     if case == "missing_dpop_proof":
-        peer.app = DropDPoP(peer.app)  # type: ignore[assignment]
+        peer.app = DropDPoP(peer.app)
     verifier = peer.verifier.inner  # type: ignore[attr-defined]
     with peer as jft:
         hub = jft_hub(tmp_path, jft, helseid, poll=60.0, pause=60.0, **auth_extra)

@@ -109,6 +109,39 @@ class AsgiPeer:
         self.stop()
 
 
+class AppPeer:
+    """Base of a peer that serves its Starlette/ASGI `self.app` through an `AsgiPeer`;
+    set `self.app` and call `super().__init__(name)`. A context manager."""
+
+    app: Any
+
+    def __init__(self, name: str) -> None:
+        self._asgi = AsgiPeer(self.app, name)
+
+    @property
+    def port(self) -> int:
+        return self._asgi.port
+
+    @property
+    def url(self) -> str:
+        return self._asgi.url
+
+    def start(self) -> int:
+        self._asgi.app = self.app  # a test may wrap the app (e.g. a header-dropping proxy)
+        return self._asgi.start()
+
+    def stop(self) -> None:
+        self._asgi.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
 class _NoSignals:
     def __enter__(self) -> None:
         return None

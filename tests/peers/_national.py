@@ -14,13 +14,12 @@ import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
-from ._asgi import AsgiPeer
+from ._asgi import AppPeer
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ def fhir_json(data: Any, status: int = 200, headers: Mapping[str, str] | None = 
                         media_type="application/fhir+json")
 
 
-class HttpPeer:
+class HttpPeer(AppPeer):
     """Runs `self.app` on 127.0.0.1, port 0, in a loop thread; a context manager."""
 
     name = "peer"
@@ -128,27 +127,4 @@ class HttpPeer:
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.lock = threading.Condition()
-        self._asgi = AsgiPeer(app, f"{self.name}-peer")
-
-    @property
-    def port(self) -> int:
-        return self._asgi.port
-
-    @property
-    def url(self) -> str:
-        return self._asgi.url
-
-    def start(self) -> int:
-        self._asgi.app = self.app  # a test may wrap the app (e.g. a header-dropping proxy)
-        return self._asgi.start()
-
-    def stop(self) -> None:
-        self._asgi.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        super().__init__(f"{self.name}-peer")

@@ -25,8 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from lxml import etree
 from starlette.applications import Starlette
@@ -34,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._asgi import AsgiPeer
+from ._asgi import AppPeer
 
 MSGHEAD = "http://www.kith.no/xmlstds/msghead/2006-05-24"
 APPREC11 = "http://www.kith.no/xmlstds/apprec/2012-02-15"
@@ -82,7 +81,7 @@ def _her_of(party: Any) -> str | None:
     return found
 
 
-class Edi2Peer:
+class Edi2Peer(AppPeer):
     """Usage::
 
         with Edi2Peer(known_her_ids={"1001", "2001"}) as edi:
@@ -107,7 +106,7 @@ class Edi2Peer:
             Route("/Messages/{id}/Read/{her_id}", self._read, methods=["PUT"]),
             Route("/Messages/{id}/Apprec/{her_id}", self._apprec, methods=["POST"]),
         ])
-        self._asgi = AsgiPeer(self.app, "edi2-peer")
+        super().__init__("edi2-peer")
 
     # -- HTTP side -------------------------------------------------------------------------
 
@@ -371,28 +370,3 @@ class Edi2Peer:
         etree.SubElement(notat, f"{{{DIALOG11}}}TekstNotatInnhold").text = text
         document = etree.tostring(root, xml_declaration=True, encoding=encoding)
         return self.deliver(original.receiver_her_id, original.sender_her_id, document)
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        return self._asgi.port
-
-    @property
-    def url(self) -> str:
-        return self._asgi.url
-
-    def start(self) -> int:
-        self._asgi.app = self.app  # a test may wrap the app (e.g. a header-dropping proxy)
-        return self._asgi.start()
-
-    def stop(self) -> None:
-        self._asgi.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
