@@ -21,43 +21,59 @@ sys.path.insert(0, str(ROOT))
 from tests.chaos.harness import ChaosReport, run_chaos  # noqa: E402
 from tests.peers.postgres import PostgresCluster  # noqa: E402
 
-BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
+HEADING = "## Crash suite (recipe A): kill -9 cycles"
+RULES = ("A run passes when lost, duplicate effects, unexpected and order breaks are all 0; "
+         "duplicate requests and recovered are reported, not failures. Each database's "
+         "rows are written by its own run (`--db sqlite` / `--db postgresql` / `both`).")
 
 
-def section(command: str, reports: list[ChaosReport]) -> str:
-    lines = [BEGIN, "## Crash suite (recipe A): kill -9 cycles", "",
+def markers(database: str) -> tuple[str, str]:
+    return f"<!-- chaos:{database}:begin -->", f"<!-- chaos:{database}:end -->"
+
+
+def section(command: str, r: ChaosReport) -> str:
+    """One database's block: its table row, kills per point and verdict."""
+    begin, end = markers(r.database)
+    v = r.verdict
+    kills = ", ".join(f"{k} {n}" for k, n in sorted(r.kills.items()))
+    missed = ", ".join(f"{k} {n}" for k, n in sorted(r.not_reached.items())) or "none"
+    lines = [begin, f"### {r.database}", "",
              f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M')}, this machine.", "",
-             "| database | cycles | kills | messages (acked) | effects | lost | duplicate "
-             "effects | unexpected | order breaks | duplicate requests | recovered | "
-             "journal | duration |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in reports:
-        v = r.verdict
-        lines.append(
-            f"| {r.database} | {r.cycles} | {sum(r.kills.values())} | {v.messages} "
-            f"({v.acked}) | {v.effects} | {len(v.lost)} | {len(v.duplicate_effects)} | "
-            f"{len(v.unexpected)} | {len(v.order_violations)} | {v.duplicate_requests} | "
-            f"{v.recovered} | {', '.join(f'{k} {n}' for k, n in sorted(r.journal.items()))} "
-            f"| {r.seconds:.0f} s |")
-    lines += ["", "Kills per point (`point@process`; a stage child is a processing or "
-              "dispatch child of serve):", ""]
-    for r in reports:
-        kills = ", ".join(f"{k} {n}" for k, n in sorted(r.kills.items()))
-        missed = ", ".join(f"{k} {n}" for k, n in sorted(r.not_reached.items())) or "none"
-        lines.append(f"- {r.database}: {kills}; armed points not reached in time: {missed}")
-    lines += ["", "Verdict: " + ("PASS" if all(r.ok for r in reports) else "FAIL")
-              + " (lost, duplicate effects, unexpected and order breaks must be 0; "
-              "duplicate requests and recovered are reported, not failures).", END]
+             "| cycles | kills | messages (acked) | effects | lost | duplicate effects | "
+             "unexpected | order breaks | duplicate requests | recovered | journal | "
+             "duration |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| {r.cycles} | {sum(r.kills.values())} | {v.messages} ({v.acked}) | "
+             f"{v.effects} | {len(v.lost)} | {len(v.duplicate_effects)} | "
+             f"{len(v.unexpected)} | {len(v.order_violations)} | {v.duplicate_requests} | "
+             f"{v.recovered} | {', '.join(f'{k} {n}' for k, n in sorted(r.journal.items()))} "
+             f"| {r.seconds:.0f} s |", "",
+             f"Kills per point (`point@process`; a stage child is a processing or dispatch "
+             f"child of serve): {kills}. Armed points not reached in time (then killed at "
+             f"random): {missed}.", "",
+             f"Verdict: {'PASS' if r.ok else 'FAIL'}.", end]
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
+def write_section(path: Path, text: str, database: str) -> None:
+    """Replace this database's block; create the heading the first time."""
+    begin, end = markers(database)
     old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1].lstrip("\n")
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + text + rest.split(end, 1)[1].lstrip("\n")
+    elif HEADING in old:
+        # after the last block of another database, else after the heading's rules
+        head, rest = old.split(HEADING, 1)
+        ends = [rest.rfind(markers(db)[1]) for db in ("sqlite", "postgresql")]
+        at = max(ends)
+        if at >= 0:
+            at = rest.index("\n", at) + 1
+        else:
+            at = rest.index(RULES) + len(RULES) + 1 if RULES in rest else rest.index("\n") + 1
+        new = head + HEADING + rest[:at] + "\n" + text + rest[at:]
     else:
-        new = old.rstrip("\n") + "\n\n" + text
+        new = old.rstrip("\n") + "\n\n" + HEADING + "\n\n" + RULES + "\n\n" + text
     path.write_text(new)
 
 
@@ -81,10 +97,11 @@ def main() -> int:
                 reports.append(run_chaos(Path(tmp) / "pg", args.cycles, db_url=url,
                                          seed=args.seed + 1, patients=args.patients))
     command = "python bench/chaos.py " + shlex.join(sys.argv[1:])
-    text = section(command.strip(), reports)
-    print(text)
-    if not args.no_write:
-        write_section(args.results, text)
+    for report in reports:
+        text = section(command.strip(), report)
+        print(text)
+        if not args.no_write:
+            write_section(args.results, text, report.database)
     print(json.dumps([r.as_dict() for r in reports], indent=1))
     return 0 if all(r.ok for r in reports) else 1
 
