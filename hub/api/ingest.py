@@ -109,7 +109,13 @@ async def receive(request: Request) -> Response:
                                request.url.path, original_id=result.id)
             log.warning("resend with the same event id but a different body; kept the first",
                         source=source)
-        log.info("message accepted", source=source, duplicate=result.duplicate)
+        if result.duplicate:
+            log.info("resend answered as accepted; nothing new stored", source=source)
+        else:
+            # The journal row is the record of every accepted message; an emitted line
+            # costs ~75-100 us of the event loop's ~0.4 ms per event, so, as for MLLP,
+            # per-message acceptance is logged at debug.
+            log.debug("message accepted", source=source)
     return JSONResponse(
         {"id": result.id, "status": "accepted", "duplicate": result.duplicate},
         status_code=202, headers={"Location": f"/admin/messages/{result.id}"},

@@ -274,6 +274,11 @@ class MllpSource:
                 if answer is None:
                     continue
                 writer.write(frame(answer))
+                if not writer.transport.get_write_buffer_size():
+                    # The socket took the whole ACK (the usual case): nothing to wait for,
+                    # and no timeout object or timer per message. A lost connection shows
+                    # at the next read.
+                    continue
                 try:
                     # A sender that does not read its ACKs must not hold the slot.
                     async with asyncio.timeout(s.frame_timeout_seconds):

@@ -99,6 +99,9 @@ class SqliteJournalWriter:
         dialect = db.engine.dialect
         self._convert: list[Callable[[Any], Any] | None] = [
             J.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _COLUMNS]
+        updated = self._convert[-1]
+        self._convert_updated_at: Callable[[Any], Any] = (
+            updated if updated is not None else (lambda value: value))
         self._insert_sql = (
             "INSERT INTO journal (source, dedup_key, body_sha256, content_type, body, "
             "transport, received_at, answer, state, attempts, updated_at) "
@@ -109,24 +112,31 @@ class SqliteJournalWriter:
         self.checkpointer = WalCheckpointer(db, hard_limit_bytes, checkpoint_interval_s)
         self.checkpointer.start()
 
-    def _row(self, raw: RawMessage, digest: str, now: datetime) -> list[Any]:
+    def _row(self, raw: RawMessage, digest: str, updated_at: Any) -> list[Any]:
         values: list[Any] = [
             raw.source, raw.dedup_key, digest, raw.content_type, raw.body,
             json.dumps(dict(raw.transport), sort_keys=True), to_db(raw.received_at),
-            raw.answer, MessageState.RECEIVED.value, 0, now]
-        return [v if conv is None or v is None else conv(v)
-                for v, conv in zip(values, self._convert, strict=True)]
+            raw.answer, MessageState.RECEIVED.value, 0]
+        row = [v if conv is None or v is None else conv(v)
+               for v, conv in zip(values, self._convert, strict=False)]
+        row.append(updated_at)  # converted once per batch
+        return row
 
     def insert(self, raws: Sequence[RawMessage]) -> list[IntakeResult]:
         """Journal a batch in one transaction; returns after its COMMIT (the fsync)."""
-        now = datetime.now(UTC)
+        updated_at = self._convert_updated_at(datetime.now(UTC))
+        if len(raws) == 1:
+            lone = self._insert_lone(raws[0], updated_at)
+            if lone is not None:
+                return [lone]
         conn = self.conn
         results: list[IntakeResult] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for raw in raws:
                 digest = hashlib.sha256(raw.body).hexdigest()
-                row = conn.execute(self._insert_sql, self._row(raw, digest, now)).fetchone()
+                row = conn.execute(self._insert_sql,
+                                   self._row(raw, digest, updated_at)).fetchone()
                 if row is not None:
                     results.append(IntakeResult(int(row[0]), duplicate=False, answer=raw.answer))
                     continue
@@ -139,8 +149,31 @@ class SqliteJournalWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self.checkpointer.committed()
+        self._committed()
         return results
+
+    def _insert_lone(self, raw: RawMessage, updated_at: Any) -> IntakeResult | None:
+        """A batch of one (one connection, one message outstanding: every commit holds a
+        single message): the INSERT is its own transaction, SQLite's autocommit — one
+        statement instead of BEGIN IMMEDIATE + INSERT + COMMIT, each a call into SQLite
+        that drops and re-takes the GIL. `fetchall()` steps the statement to its end,
+        where SQLite commits (with ``synchronous=FULL``: after the WAL fsync) before it
+        returns: the same "acknowledge only what is on disk". None when the key is
+        already stored (nothing was written): the caller then reads the stored row inside
+        a transaction, as for any batch."""
+        digest = hashlib.sha256(raw.body).hexdigest()
+        rows = self.conn.execute(self._insert_sql,
+                                 self._row(raw, digest, updated_at)).fetchall()
+        if not rows:
+            return None
+        if self.conn.in_transaction:  # autocommit ended it; never acknowledge otherwise
+            raise RuntimeError("a lone journal insert left its transaction open")
+        self._committed()
+        return IntakeResult(int(rows[0][0]), duplicate=False, answer=raw.answer)
+
+    def _committed(self) -> None:
+        if not self.checkpointer.dirty:  # an attribute read, not the Event's lock
+            self.checkpointer.committed()
 
     def close(self) -> None:
         self.checkpointer.stop()
@@ -165,6 +198,10 @@ class WalCheckpointer:
         self._thread = threading.Thread(target=self._run, name="wal-checkpointer",
                                         daemon=True)
         self._thread.start()
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty.is_set()
 
     def committed(self) -> None:
         self._dirty.set()
