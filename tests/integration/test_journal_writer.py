@@ -107,17 +107,20 @@ def test_the_wal_stays_bounded_under_a_steady_load(tmp_path):
                                  checkpoint_interval_s=0.005)
     largest = 0
     try:
-        for batch in range(200):  # ~8 MB through the WAL
+        for batch in range(400):  # ~16 MB through the WAL
             writer.insert([raw(f"b{batch}-{i}", os.urandom(4000)) for i in range(10)])
             largest = max(largest, os.stat(wal).st_size)
             time.sleep(0.002)
     finally:
         writer.close()
     with sqlite3.connect(tmp_path / "hub.db") as conn:
-        assert conn.execute("select count(*) from journal").fetchone()[0] == 2000
+        assert conn.execute("select count(*) from journal").fetchone()[0] == 4000
     db.dispose()
-    # Without checkpoints (wal_autocheckpoint=0 and no checkpointer) it would hold ~8 MB.
-    assert largest <= 2 * 1024 * 1024, largest
+    # Without checkpoints (wal_autocheckpoint=0 and no checkpointer) it would hold ~16 MB.
+    # The bound is loose on purpose: on a loaded machine the checkpointer thread runs late
+    # (peaks of 2.6 MB were seen at load 13); what matters is that the WAL does not grow
+    # with the volume written.
+    assert largest <= 4 * 1024 * 1024, largest
 
 
 def test_a_reader_pinning_the_wal_makes_the_checkpointer_truncate_it(tmp_path):
