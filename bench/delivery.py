@@ -370,7 +370,8 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
         gw = Gateway(tmp, db_url, receiver.url, processes=1, concurrency=args.concurrency,
                      batch_size=args.batch_size)
         started = time.monotonic()
-        gw.start(command, count)
+        procs = gw.start(command, count)
+        spy = start_profile(args, procs[0].pid, tmp) if args.profile else None
         try:
             deadline = started + args.timeout
             while time.monotonic() < deadline:
@@ -380,6 +381,8 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
             else:
                 raise SystemExit(f"not drained within {args.timeout} s")
         finally:
+            if spy is not None:
+                spy.wait()
             gw.stop()
         requests = receiver.requests()
         issues = issues_at(receiver)
@@ -390,6 +393,28 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
             "drain_s": last - first, "start_to_first_s": first - started,
             "http_requests": len(requests), "duplicate_writes": len(issues) - len(set(issues)),
             "seed_s": seeded_s, "receiver_rps": ceiling}
+
+
+def start_profile(args: argparse.Namespace, pid: int, tmp: Path) -> subprocess.Popen[bytes]:
+    """py-spy on the dispatch stage (`serve`) or the worker itself, from 2 s after start
+    for `--profile` seconds; the collapsed stacks are summarised into bench/out/."""
+    target = pid
+    for _ in range(100):
+        for child in descendants(pid):
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"stage" in cmd and b"dispatch" in cmd:
+                target = child
+        if target != pid:
+            break
+        time.sleep(0.1)
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    out = ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return subprocess.Popen(
+        ["sh", "-c", f"sleep 2; {spy} record --pid {target} --duration {args.profile} "
+         f"--rate 200 --format raw --nonblocking -o {out}/dispatch-{stamp}.txt"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def cmd_backlog(args: argparse.Namespace) -> dict[str, float]:
@@ -545,6 +570,8 @@ def main() -> None:
     parser.add_argument("--alarms", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--other-rate", type=float, default=200.0)
+    parser.add_argument("--profile", type=int, default=0,
+                        help="backlog/scaleout: py-spy the dispatcher for N seconds")
     args = parser.parse_args()
     for key, value in DEFAULTS[args.command].items():
         if getattr(args, key, None) is None:
