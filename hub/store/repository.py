@@ -674,20 +674,26 @@ class Repository:
 
     @transient
     def claim_deliveries(
-        self, destination: str, worker: str, limit: int, lease_seconds: float
+        self, destination: str, worker: str, limit: int, lease_seconds: float,
+        expire_leases: bool = True,
     ) -> list[ClaimedDelivery]:
         """Lease due deliveries of one destination: highest priority first, and at most
-        one in flight per order key, the oldest (key_strict_fifo, reliability.md §1.2)."""
+        one in flight per order key, the oldest (key_strict_fifo, reliability.md §1.2).
+
+        `expire_leases`: first return expired leases (a worker that died or hung) to
+        pending. A dispatcher does it every few seconds, not every round: leases last
+        minutes, and the sweep is one more statement per round."""
         now = utcnow()
         until = now + timedelta(seconds=lease_seconds)
         with self.db.engine.begin() as conn:
-            conn.execute(
-                update(D)
-                .where(D.c.destination == destination,
-                       D.c.state == DeliveryState.LEASED.value, D.c.lease_until < now)
-                .values(state=DeliveryState.PENDING.value, lease_owner=None, lease_until=None,
-                        updated_at=now)
-            )
+            if expire_leases:
+                conn.execute(
+                    update(D)
+                    .where(D.c.destination == destination,
+                           D.c.state == DeliveryState.LEASED.value, D.c.lease_until < now)
+                    .values(state=DeliveryState.PENDING.value, lease_owner=None,
+                            lease_until=None, updated_at=now)
+                )
             barrier = conn.execute(
                 select(func.min(J.c.id)).where(
                     J.c.state.in_([MessageState.RECEIVED.value, MessageState.PROCESSING.value]),
