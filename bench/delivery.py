@@ -380,6 +380,7 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
                     break
             else:
                 raise SystemExit(f"not drained within {args.timeout} s")
+            cpu = stage_cpu(procs)
         finally:
             if spy is not None:
                 spy.wait()
@@ -392,7 +393,33 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
     return {"deliveries": args.deliveries, "drain_per_s": args.deliveries / (last - first),
             "drain_s": last - first, "start_to_first_s": first - started,
             "http_requests": len(requests), "duplicate_writes": len(issues) - len(set(issues)),
-            "seed_s": seeded_s, "receiver_rps": ceiling}
+            "seed_s": seeded_s, "receiver_rps": ceiling,
+            **{f"cpu_ms_per_delivery_{k}": 1000 * v / args.deliveries for k, v in cpu.items()}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_cpu(procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+    """CPU seconds used so far by the dispatch stage (`serve`'s child) or by all workers,
+    and by every process of the run: a measure that does not depend on the machine's
+    load, unlike the drain rate."""
+    out = {"all": 0.0}
+    for proc in procs:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            used = cpu_seconds(pid)
+            out["all"] += used
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") \
+                if Path(f"/proc/{pid}/cmdline").exists() else []
+            if (b"stage" in cmd and b"dispatch" in cmd) or b"worker" in cmd:
+                out["dispatch"] = out.get("dispatch", 0.0) + used
+    return out
 
 
 def start_profile(args: argparse.Namespace, pid: int, tmp: Path) -> subprocess.Popen[bytes]:
@@ -582,7 +609,7 @@ def main() -> None:
     for i in range(args.runs):
         result = COMMANDS[args.command](args)
         runs.append(result)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.1f}" for k, v in result.items()),
+        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()),
               flush=True)
     median = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
     out = ROOT / "bench" / "out"
