@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from hub.destinations.fhir_rest import entry_items, merge_transactions
 from hub.fhir import transaction_bundle
@@ -13,17 +14,17 @@ from hub.fhir import transaction_bundle
 AT = datetime(2026, 11, 20, 21, 14, 3, tzinfo=UTC)
 
 
-def stored(bundle: dict) -> bytes:
+def stored(bundle: dict[str, Any]) -> bytes:
     """As processing stores a payload and dispatch reads it back."""
     return json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def by_parsing(payloads: list[bytes]) -> dict:
+def by_parsing(payloads: list[bytes]) -> dict[str, Any]:
     entries = [e for p in payloads for e in json.loads(p).get("entry", [])]
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-TRICKY = [
+TRICKY: list[dict[str, Any]] = [
     # A Composition has its own `section.entry` arrays; text may contain the marker.
     {"resourceType": "Composition", "id": "c1", "status": "final",
      "title": 'alarm ,"entry":[ handled ]}',
