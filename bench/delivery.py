@@ -370,7 +370,8 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
         gw = Gateway(tmp, db_url, receiver.url, processes=1, concurrency=args.concurrency,
                      batch_size=args.batch_size)
         started = time.monotonic()
-        gw.start(command, count)
+        procs = gw.start(command, count)
+        spy = start_profile(args, procs[0].pid, tmp) if args.profile else None
         try:
             deadline = started + args.timeout
             while time.monotonic() < deadline:
@@ -379,7 +380,10 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
                     break
             else:
                 raise SystemExit(f"not drained within {args.timeout} s")
+            cpu = stage_cpu(procs)
         finally:
+            if spy is not None:
+                spy.wait()
             gw.stop()
         requests = receiver.requests()
         issues = issues_at(receiver)
@@ -389,7 +393,55 @@ def drain(args: argparse.Namespace, db_url: str, tmp: Path, command: str,
     return {"deliveries": args.deliveries, "drain_per_s": args.deliveries / (last - first),
             "drain_s": last - first, "start_to_first_s": first - started,
             "http_requests": len(requests), "duplicate_writes": len(issues) - len(set(issues)),
-            "seed_s": seeded_s, "receiver_rps": ceiling}
+            "seed_s": seeded_s, "receiver_rps": ceiling,
+            **{f"cpu_ms_per_delivery_{k}": 1000 * v / args.deliveries for k, v in cpu.items()}}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_cpu(procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+    """CPU seconds used so far by the dispatch stage (`serve`'s child) or by all workers,
+    and by every process of the run: a measure that does not depend on the machine's
+    load, unlike the drain rate."""
+    out = {"all": 0.0}
+    for proc in procs:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            used = cpu_seconds(pid)
+            out["all"] += used
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") \
+                if Path(f"/proc/{pid}/cmdline").exists() else []
+            if (b"stage" in cmd and b"dispatch" in cmd) or b"worker" in cmd:
+                out["dispatch"] = out.get("dispatch", 0.0) + used
+    return out
+
+
+def start_profile(args: argparse.Namespace, pid: int, tmp: Path) -> subprocess.Popen[bytes]:
+    """py-spy on the dispatch stage (`serve`) or the worker itself, from 2 s after start
+    for `--profile` seconds; the collapsed stacks are summarised into bench/out/."""
+    target = pid
+    for _ in range(100):
+        for child in descendants(pid):
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"stage" in cmd and b"dispatch" in cmd:
+                target = child
+        if target != pid:
+            break
+        time.sleep(0.1)
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    out = ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return subprocess.Popen(
+        ["sh", "-c", f"sleep 2; {spy} record --pid {target} --duration {args.profile} "
+         f"--rate 200 --format raw --nonblocking -o {out}/dispatch-{stamp}.txt"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def cmd_backlog(args: argparse.Namespace) -> dict[str, float]:
@@ -545,6 +597,8 @@ def main() -> None:
     parser.add_argument("--alarms", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.1)
     parser.add_argument("--other-rate", type=float, default=200.0)
+    parser.add_argument("--profile", type=int, default=0,
+                        help="backlog/scaleout: py-spy the dispatcher for N seconds")
     args = parser.parse_args()
     for key, value in DEFAULTS[args.command].items():
         if getattr(args, key, None) is None:
@@ -555,7 +609,7 @@ def main() -> None:
     for i in range(args.runs):
         result = COMMANDS[args.command](args)
         runs.append(result)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.1f}" for k, v in result.items()),
+        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()),
               flush=True)
     median = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
     out = ROOT / "bench" / "out"

@@ -34,6 +34,10 @@ from hub.store.repository import AttemptRecord, ClaimedDelivery, Repository
 
 log = get_logger("hub.dispatch")
 
+# Expired leases (a worker that died or hung; leases last `lease_seconds`, minutes) are
+# returned to pending at most this often, not on every round.
+LEASE_SWEEP_SECONDS = 5.0
+
 
 def policy_from(settings: DestinationSettings) -> RetryPolicy:
     r = settings.retry
@@ -62,6 +66,8 @@ class Dispatcher:
         # sent to this destination before it has passed (time.monotonic()).
         self._hold_until = 0.0
         self._failing = False  # the last outcome seen was a retry: the destination is down
+        self._last_full = False  # the last round claimed a whole batch
+        self._next_lease_sweep = 0.0  # time.monotonic() of the next expired-lease sweep
 
     async def run(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         """Deliver until `stop` is set; wake early when new deliveries are planned."""
@@ -94,11 +100,18 @@ class Dispatcher:
             return 0
         if await asyncio.to_thread(self.repo.paused_until, self.name) is not None:
             return 0
-        if not await asyncio.to_thread(self.repo.has_due, self.name):
+        # The read-only probe keeps an idle dispatcher off the write lock; after a full
+        # round more is almost surely due, so the probe would only cost a statement.
+        if not self._last_full and not await asyncio.to_thread(self.repo.has_due, self.name):
             return 0
+        clock = time.monotonic()
+        sweep = clock >= self._next_lease_sweep
+        if sweep:
+            self._next_lease_sweep = clock + LEASE_SWEEP_SECONDS
         claimed = await asyncio.to_thread(
             self.repo.claim_deliveries, self.name, self.worker, self.settings.batch_size,
-            self.settings.lease_seconds)
+            self.settings.lease_seconds, sweep)
+        self._last_full = len(claimed) >= self.settings.batch_size
         if not claimed:
             return 0
         crashpoint("after_claim")

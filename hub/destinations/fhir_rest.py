@@ -180,11 +180,7 @@ class FhirRestDestination:
         """
         if self.settings.mode != "transaction" or len(deliveries) == 1:
             return [await self.send(d) for d in deliveries]
-        entries: list[Any] = []
-        for delivery in deliveries:
-            entries.extend(json.loads(delivery.payload).get("entry", []))
-        merged = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries},
-                            ensure_ascii=False, separators=(",", ":")).encode()
+        merged = merge_transactions([d.payload for d in deliveries])
         try:
             response = await self._request("POST", "", merged)
         except TransportFailure as exc:
@@ -212,6 +208,50 @@ class FhirRestDestination:
     async def aclose(self) -> None:
         await self.client.aclose()
         await self.authorizer.aclose()
+
+
+_ENTRY = b',"entry":['
+_MERGED_HEAD = b'{"resourceType":"Bundle","type":"transaction","entry":['
+
+
+def entry_items(payload: bytes) -> bytes | None:
+    """The text inside the top-level ``entry`` array of a Bundle as processing writes it
+    (`hub.fhir.vkp.transaction_bundle` through compact `json.dumps`: ``entry`` is the last
+    key), without parsing the resources; None when the payload is not in that shape.
+
+    The header before ``,"entry":[`` must itself parse as a Bundle object once closed,
+    which proves the match is the top-level key (not a nested ``Composition.section.entry``
+    or text inside a string: either would leave the header unbalanced)."""
+    if not payload.endswith(b"]}"):
+        return None
+    at = payload.find(_ENTRY)
+    if at < 0:
+        return None
+    try:
+        head = json.loads(payload[:at] + b"}")
+    except ValueError:
+        return None
+    if not isinstance(head, dict) or head.get("resourceType") != "Bundle":
+        return None
+    return payload[at + len(_ENTRY):-2]
+
+
+def merge_transactions(payloads: Sequence[bytes]) -> bytes:
+    """One transaction Bundle holding the entries of every payload, in order.
+
+    Dispatch merges up to `events_per_request` bundles per request; splicing the entry
+    arrays' text instead of parsing and re-encoding them saves about half the dispatch
+    CPU (bench/RESULTS.md, delivery side). A payload of another shape is parsed."""
+    parts: list[bytes] = []
+    for payload in payloads:
+        items = entry_items(payload)
+        if items is None:
+            entries = json.loads(payload).get("entry", [])
+            items = json.dumps(entries, ensure_ascii=False,
+                               separators=(",", ":")).encode()[1:-1]
+        if items.strip():
+            parts.append(items)
+    return _MERGED_HEAD + b",".join(parts) + b"]}"
 
 
 def _factory(name: str, settings: FhirRestSettings) -> FhirRestDestination:
