@@ -85,17 +85,22 @@ def main() -> int:
     parser.add_argument("--patients", type=int, default=8)
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="per database: start no new cycle after this long; the "
+                        "results give the cycles actually run")
     args = parser.parse_args()
+    limit = args.max_minutes * 60 if args.max_minutes else None
     reports = []
     with tempfile.TemporaryDirectory(prefix="tryggbro-chaos-") as tmp:
         if args.db in ("both", "sqlite"):
             reports.append(run_chaos(Path(tmp) / "sqlite", args.cycles, seed=args.seed,
-                                     patients=args.patients))
+                                     patients=args.patients, max_seconds=limit))
         if args.db in ("both", "postgresql"):
             with PostgresCluster() as pg:
                 url = pg.create_database("chaos")
                 reports.append(run_chaos(Path(tmp) / "pg", args.cycles, db_url=url,
-                                         seed=args.seed + 1, patients=args.patients))
+                                         seed=args.seed + 1, patients=args.patients,
+                                         max_seconds=limit))
     command = "python bench/chaos.py " + shlex.join(sys.argv[1:])
     for report in reports:
         text = section(command.strip(), report)

@@ -625,8 +625,11 @@ def journal_states(db_url: str, messages: list[tuple[Sent, Message]]) -> Counter
 
 def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: int = 2026,
               patients: int = 8, log: Callable[[str], None] = print,
-              drain_seconds: float = 180.0) -> ChaosReport:
-    """Run `cycles` kill cycles; SQLite in `workdir` unless `db_url` (PostgreSQL) is given."""
+              drain_seconds: float = 180.0, max_seconds: float | None = None) -> ChaosReport:
+    """Run `cycles` kill cycles; SQLite in `workdir` unless `db_url` (PostgreSQL) is given.
+
+    `max_seconds`: stop starting new cycles after this long (the report gives the cycles
+    actually run), so a long run fits a time slot and still ends with a verdict."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     postgres = db_url is not None and db_url.startswith("postgresql")
@@ -657,14 +660,20 @@ def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: in
             for proc in procs:
                 _start(proc, plan, rng)
             senders.start()
+            done = 0
             for cycle in range(1, cycles + 1):
+                last = cycle == cycles or (
+                    max_seconds is not None and time.monotonic() - started > max_seconds)
                 plan = _cycle(rng, plan, procs, kills, not_reached,
-                              lambda: _progress(collector), last=cycle == cycles)
+                              lambda: _progress(collector), last=last)
                 collector.poll()
-                if cycle % 10 == 0 or cycle == cycles:
+                done = cycle
+                if cycle % 10 == 0 or last:
                     log(f"[{'pg' if postgres else 'sqlite'}] cycle {cycle}/{cycles}: "
                         f"{len(senders.sent)} messages, {len(collector.received)} effects, "
                         f"kills {sum(kills.values())}")
+                if last:
+                    break
             senders.finish(timeout=30)
             _drain(collector, senders, drain_seconds)
         finally:
@@ -679,7 +688,7 @@ def run_chaos(workdir: Path, cycles: int, *, db_url: str | None = None, seed: in
     verdict = check([s for s, _ in messages], collector.received)
     journal = journal_states(db_url, messages)
     report = ChaosReport(
-        "postgresql" if postgres else "sqlite", cycles, time.monotonic() - started, kills,
+        "postgresql" if postgres else "sqlite", done, time.monotonic() - started, kills,
         not_reached, verdict, journal,
         {"attempts": senders.attempts, "resent_messages": senders.resent,
          "errors": dict(senders.errors), "refused": senders.refused[:10],
