@@ -328,12 +328,17 @@ async def test_429_retry_after_is_honoured_for_the_destination(tmp_path, form):
                 traffic = Traffic(hub.http_port, run)
                 not_before: list[float] = []  # per throttled round: when the next may come
 
-                def throttle() -> float | None:
-                    """429 from now on; for an HTTP date, the (wall) time it names."""
+                def throttle(previous: float | None = None) -> float | None:
+                    """429 from now on; for an HTTP date, the (wall) time it names. A date
+                    has whole seconds: it must name a later second than the previous one,
+                    or the round now held until `previous` would be told "wait until now"
+                    and retry at once, which is a different case."""
                     if form == "seconds":
                         rx.set_status(429, {"Retry-After": "1"})
                         return None
                     at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+                    while previous is not None and at.timestamp() < previous + 1:
+                        at += timedelta(seconds=1)
                     rx.set_status(429, {"Retry-After": format_datetime(at, usegmt=True)})
                     return at.timestamp()
 
@@ -351,7 +356,7 @@ async def test_429_retry_after_is_honoured_for_the_destination(tmp_path, form):
                         for _ in range(3):  # due now, but the destination holds us off
                             await traffic.one()
                     if n < 2:
-                        date = throttle()
+                        date = throttle(date)
                 rx.set_status(200)
                 total = len(traffic.acked)
                 await wait_until(lambda: hub.repo.status().deliveries["ehr"] ==
