@@ -369,8 +369,13 @@ async def test_429_retry_after_is_honoured_for_the_destination(tmp_path, form):
     # records a request when it is complete; the hub starts waiting only once it has the
     # answer, so the measured wait can only be longer).
     times = sorted(r.time for r in rx.requests())
-    firsts = [b for a, b in itertools.pairwise(times) if b - a > 0.25]
+    gaps = [(a, b) for a, b in itertools.pairwise(times) if b - a > 0.25]
+    firsts = [b for _, b in gaps]
     assert len(firsts) >= 3
+    if form == "seconds":
+        # Measured from the recorded rounds themselves: the test's own clock can lag a
+        # round on a loaded machine. Each held round ends with a 429 "wait 1 s".
+        not_before = [last + 1.0 for last, _ in gaps]
     for i, earliest in enumerate(not_before):
         assert firsts[i] >= earliest - 0.02, (i, firsts[i] - earliest)
     early = [round(firsts[i] - earliest, 3) for i, earliest in enumerate(not_before)]
