@@ -127,4 +127,16 @@ class HttpPeer(AppPeer):
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.lock = threading.Condition()
+        self._failures: list[Any] = []
         super().__init__(f"{self.name}-peer")
+
+    def fail_next(self, answer: Any, times: int = 1) -> None:
+        """Answer the next `times` writes with `answer` (an HTTP status, or the service's
+        own error code) instead of handling them."""
+        with self.lock:
+            self._failures.extend([answer] * times)
+
+    def next_failure(self) -> Any | None:
+        """The planned failure for this request, if any (taken off the queue)."""
+        with self.lock:
+            return self._failures.pop(0) if self._failures else None

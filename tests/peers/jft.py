@@ -96,7 +96,6 @@ class JftPeer(HttpPeer):
         self.environment = environment
         self.auto_register = True
         self.events: dict[str, Stored] = {}
-        self._failures: list[int] = []
         super().__init__(Starlette(routes=[
             Route("/v1/Bundle", self._post, methods=["POST"]),
             Route("/v1/Bundle/{id}/$status", self._status, methods=["GET"]),
@@ -104,10 +103,6 @@ class JftPeer(HttpPeer):
         ]))
 
     # -- test control (the EPJ's side) -------------------------------------------------------
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        with self.lock:
-            self._failures.extend([status] * times)
 
     def stored(self) -> list[Stored]:
         with self.lock:
@@ -166,10 +161,8 @@ class JftPeer(HttpPeer):
         access = self._access(request)
         if not isinstance(access, Grant):
             return access
-        with self.lock:
-            if self._failures:
-                status = self._failures.pop(0)
-                return JSONResponse({"title": "Simulated failure"}, status_code=status)
+        if (status := self.next_failure()) is not None:
+            return JSONResponse({"title": "Simulated failure"}, status_code=status)
         body = await request.body()
         if len(body) > MAX_BODY:
             return JSONResponse({"title": "Payload too large"}, status_code=413)

@@ -89,15 +89,10 @@ class PmdPeer(HttpPeer):
         self.tokens = StaticTokens(require_dpop=True)  # PMD takes DPoP-bound tokens only
         self.verifier: Verifier = verifier or self.tokens
         self.bundles: list[StoredBundle] = []
-        self._failures: list[int] = []
         super().__init__(Starlette(routes=[
             Route("/", self._post, methods=["POST"]),
             Route("/Observation/_search", self._search, methods=["POST"]),
         ]))
-
-    def fail_next(self, status: int, times: int = 1) -> None:
-        with self.lock:
-            self._failures.extend([status] * times)
 
     def stored(self) -> list[StoredBundle]:
         with self.lock:
@@ -151,10 +146,8 @@ class PmdPeer(HttpPeer):
         access = self._access(request)
         if not isinstance(access, Grant):
             return access
-        with self.lock:
-            if self._failures:
-                status = self._failures.pop(0)
-                return fhir_json(operation_outcome("error", "transient", "Simulated"), status)
+        if (status := self.next_failure()) is not None:
+            return fhir_json(operation_outcome("error", "transient", "Simulated"), status)
         try:
             bundle = json.loads(await request.body())
         except ValueError:

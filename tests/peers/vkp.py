@@ -121,7 +121,6 @@ class VkpPeer(HttpPeer):
         self.register: dict[str, set[str]] = {}  # vkp-id -> organisation numbers it may call
         self.received: list[Received] = []
         self.searches = 0
-        self._failures: list[str] = []
         super().__init__(Starlette(routes=[
             Route("/epj/r4/{orgnr}/patient/_search", self._search, methods=["POST"]),
             Route("/epj/r4/{orgnr}/{resource}/{id}", self._put, methods=["PUT"]),
@@ -140,10 +139,6 @@ class VkpPeer(HttpPeer):
     @staticmethod
     def client_claims(vkp_id: str) -> dict[str, Any]:
         return {VKP_ID_CLAIM: vkp_id, "client_amr": "private_key_jwt"}
-
-    def fail_next(self, code: str, times: int = 1) -> None:
-        with self.lock:
-            self._failures.extend([code] * times)
 
     def resources(self, resource_type: str | None = None) -> list[Received]:
         with self.lock:
@@ -175,10 +170,8 @@ class VkpPeer(HttpPeer):
         access = self._access(request, orgnr, f"nhn:vkp/api/user/{rtype_path.lower()}.write")
         if not isinstance(access, Grant):
             return access
-        with self.lock:
-            if self._failures:
-                code = self._failures.pop(0)
-                return vkp_error(code, f"Simulated {DISPLAY.get(code, code)}")
+        if (code := self.next_failure()) is not None:
+            return vkp_error(code, f"Simulated {DISPLAY.get(code, code)}")
         try:
             resource = json.loads(await request.body())
         except ValueError:
