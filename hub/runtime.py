@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -34,13 +34,11 @@ from hub.contracts import (
 )
 from hub.dispatch import Dispatcher
 from hub.errors import ConfigError
-from hub.fhir import warm_up
 from hub.intake import Intake
 from hub.logging import get_logger
 from hub.mappings import MappingStore
 from hub.monitor import MONITOR_SOURCE, Monitor, MonitorAdapter, OutboxWatch
 from hub.plugins import PluginHost, resolve
-from hub.processing import Pipeline, Processor
 from hub.stages import (
     DISPATCH,
     PROCESSING,
@@ -51,6 +49,13 @@ from hub.stages import (
 )
 from hub.store.db import Database, acquire_owner_lock, open_database, upgrade
 from hub.store.repository import Repository
+
+# Processing (and through it hub.fhir's fhir.resources models, ~1 s of imports) is
+# imported where a processing loop is built, so `serve`'s intake process, whose stages run
+# in child processes, never loads it. The processing child imports it before its first
+# batch (warm_up), so a broken install still stops processing at start-up.
+if TYPE_CHECKING:
+    from hub.processing import Pipeline, Processor
 
 log = get_logger("hub.runtime")
 
@@ -218,6 +223,8 @@ class Hub:
             self.enrichers[name] = built
 
     def pipeline(self, resolve: Callable[[Any], Any] | None = None) -> Pipeline:
+        from hub.processing import Pipeline
+
         return Pipeline(
             hook=self.plugins.hook, adapters=self.adapters, mappings=self.mappings,
             rules=self.rules, destinations=list(self.config.destinations), repo=self.repo,
@@ -225,6 +232,8 @@ class Hub:
         )
 
     def processor(self) -> Processor:
+        from hub.processing import Processor
+
         p = self.config.processing
         return Processor(self.repo, self.pipeline(), self.worker, batch_size=p.batch_size,
                          lease_seconds=p.lease_seconds, max_attempts=p.max_attempts)
@@ -388,6 +397,8 @@ class Hub:
         self.register_enrichers()
         processor = self.processor()
         poll = self.config.processing.poll_seconds
+        from hub.fhir import warm_up
+
         await asyncio.to_thread(warm_up)
         while not self._stop.is_set():
             # Cleared before the round, so a wake-up during the round is not lost.

@@ -41,7 +41,8 @@ a key, an assertion, a proof or a token; neither does the `repr` of any object h
 
 from __future__ import annotations
 
-from hub.auth.keys import SigningKey, jwk_thumbprint
+from typing import TYPE_CHECKING, Any
+
 from hub.auth.oauth import (
     AuthError,
     AuthRejected,
@@ -56,6 +57,22 @@ from hub.auth.oauth import (
     send_authorized,
 )
 from hub.auth.settings import NO_AUTH, AuthBinding, AuthRef, AuthSection
+
+if TYPE_CHECKING:
+    from hub.auth.keys import SigningKey, jwk_thumbprint
+
+# hub.auth.keys pulls in PyJWT and cryptography (~0.66 s): hub.config imports this package
+# for the [auth.*] settings, so the keys module loads only when a key is needed
+# (build_authorizer at start-up) or one of its names is asked for here.
+_FROM_KEYS = frozenset({"SigningKey", "jwk_thumbprint"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_KEYS:
+        from hub.auth import keys
+
+        return getattr(keys, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "NO_AUTH",

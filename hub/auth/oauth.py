@@ -17,15 +17,21 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from hub.auth.keys import SigningKey, b64url, load_signing_key
 from hub.auth.settings import AuthBinding, BearerAuth, HelseIdAuth, SmartAuth, check_https
 from hub.domain.model import Outcome
 from hub.errors import ConfigError, HubError
 from hub.httpclient import HttpClient, HttpResponse, TransportFailure, ssl_context
 from hub.logging import get_logger
+
+# hub.auth.keys (PyJWT on cryptography, ~0.66 s of imports) is imported where a key is
+# loaded or made: build_authorizer() at start-up for a configured [auth.*] section, so a
+# gateway without HelseID/SMART never pays for it, and one with them still fails at
+# start-up when the library is missing.
+if TYPE_CHECKING:
+    from hub.auth.keys import SigningKey
 
 log = get_logger("hub.auth")
 
@@ -74,6 +80,8 @@ def origin(url: str) -> str:
 
 def access_token_hash(token: str) -> str:
     """The DPoP ``ath``: base64url(SHA-256(access token))."""
+    from hub.auth.keys import b64url
+
     return b64url(hashlib.sha256(token.encode("ascii")).digest())
 
 
@@ -104,6 +112,8 @@ class DPoPSigner:
     """Fresh DPoP proofs (unique `jti`) and the latest nonce of each server (by origin)."""
 
     def __init__(self, key: SigningKey | None = None) -> None:
+        from hub.auth.keys import SigningKey
+
         self.key = key or SigningKey.generate_ec()
         self._nonces: dict[str, str] = {}
 
@@ -443,6 +453,8 @@ def build_authorizer(binding: AuthBinding, *, key: str, scopes: Sequence[str] | 
         return StaticBearerAuthorizer(token)
     assert isinstance(section, HelseIdAuth | SmartAuth)
     where = f"auth.{binding.name}"
+    from hub.auth.keys import load_signing_key
+
     signing_key = load_signing_key(file=section.private_key_file, env=section.private_key_env,
                                    kid=section.key_id, algorithm=section.algorithm, where=where)
     verify: ssl.SSLContext | bool = (ssl_context(str(section.ca_file)) if section.ca_file
