@@ -105,6 +105,23 @@ def _resolve_paths(config: Config, model: BaseModel) -> BaseModel:
     return model.model_copy(update=updates) if updates else model
 
 
+def require_signing_libraries(config: Config) -> None:
+    """Import PyJWT and cryptography now when an [auth.*] section signs with a key.
+
+    hub.auth loads them only when a key is loaded (in the destination's factory, which in
+    `serve` runs in the dispatch child): a broken install must still stop every process
+    at start-up with a message naming the section, not when the first token is needed."""
+    for name, section in config.auth.items():
+        if section.type in ("helseid", "smart"):
+            try:
+                import hub.auth.keys  # noqa: F401
+            except ImportError as exc:
+                raise ConfigError(f"{config.path}: [auth.{name}] (type {section.type!r}) needs "
+                                  f"PyJWT and cryptography, which failed to import: {exc}"
+                                  ) from None
+            return
+
+
 def worker_id(instance: str, pid: int | None = None) -> str:
     """Lease owner name: instance, host and process, unique among live workers."""
     return f"{instance}@{socket.gethostname()}:{pid or os.getpid()}"
@@ -166,6 +183,7 @@ class Hub:
         registries = collect_registries(plugins)
         config.validate_references(list(registries.adapters), list(registries.destination_types),
                                    list(registries.source_types))
+        require_signing_libraries(config)
         mappings = MappingStore.load(config.resolve(config.hub.mappings_dir))
         adapters: dict[str, Adapter] = {}
         source_settings: dict[str, tuple[SourceType, BaseModel]] = {}
