@@ -17,7 +17,7 @@ export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
 export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
 export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
 
-.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp bench-flood bench-backlog bench-memory bench-alarm bench-scaleout chaos clean
+.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp bench-flood bench-backlog bench-memory bench-alarm bench-scaleout bench-startup chaos clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,12 @@ bench-alarm: $(STAMP)
 
 bench-scaleout: $(STAMP) postgres
 	$(BIN)/python bench/delivery.py scaleout --runs 3
+
+# Start-up: spawn -> /readyz, -> first durable ACK (webhook, MLLP), -> first delivery, for
+# `tryggbro serve` with the example config. Before/after: STARTUP_SOURCE=<other checkout>.
+STARTUP_RUNS ?= 7
+bench-startup: $(STAMP)
+	$(BIN)/python bench/startup.py --runs $(STARTUP_RUNS) $(if $(STARTUP_SOURCE),--source $(STARTUP_SOURCE))
 
 # Crash suite, long version: >= 500 kill -9 cycles on SQLite and on PostgreSQL
 # (tests/chaos/harness.py); writes its section of bench/RESULTS.md.

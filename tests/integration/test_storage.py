@@ -20,7 +20,14 @@ from hub.domain.model import (
     Receipt,
     ReceiptStatus,
 )
-from hub.store.db import current_revision, head_revision, open_database, upgrade
+from hub.store.db import (
+    HEAD_REVISION,
+    current_revision,
+    head_revision,
+    open_database,
+    schema_is_current,
+    upgrade,
+)
 from hub.store.repository import (
     AttemptRecord,
     MessageOutcome,
@@ -47,6 +54,10 @@ def raw(key, body=b"{}", source="vendor"):
 
 def test_migrations_reach_head_and_match_the_models(repo):
     assert current_revision(repo.db) == head_revision()
+    # upgrade() and /readyz skip Alembic when the stored revision is HEAD_REVISION: it
+    # must be the newest migration, or a database one migration behind would pass.
+    assert head_revision() == HEAD_REVISION
+    assert schema_is_current(repo.db)
     with repo.db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
