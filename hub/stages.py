@@ -45,18 +45,6 @@ STAGE_NICENESS = 15  # intake (acknowledging alarms) gets the CPU first when it 
 def become_stage_process(parent_pid: int) -> None:
     """Set up a stage child: die with the parent, yield the CPU to intake."""
     die_with_parent(parent_pid)
-    # STAGE_NICENESS above the parent. Usually set already between fork and exec
-    # (`StageSupervisor._spawn`); setting it again is a no-op, unlike os.nice's increment.
-    with contextlib.suppress(OSError):
-        target = min(19, os.getpriority(os.PRIO_PROCESS, parent_pid) + STAGE_NICENESS)
-        if os.getpriority(os.PRIO_PROCESS, 0) < target:
-            os.setpriority(os.PRIO_PROCESS, 0, target)
-
-
-def _lower_priority_before_exec() -> None:
-    """Between fork and exec of a stage child: its start-up (~1-2 s of imports on a
-    loaded machine) must not take the CPU from the parent's own start-up. After a crash
-    or an upgrade, intake answering alarms comes first."""
     with contextlib.suppress(OSError):
         os.nice(STAGE_NICENESS)
 
@@ -151,10 +139,7 @@ class StageSupervisor:
             notify()
 
     def _spawn(self, child: Child) -> None:
-        # preexec_fn runs one system call (nice) and takes no lock, so it is safe
-        # although the parent has threads.
-        child.proc = subprocess.Popen(child.args, pass_fds=child.pass_fds, env=dict(self.env),
-                                      preexec_fn=_lower_priority_before_exec)
+        child.proc = subprocess.Popen(child.args, pass_fds=child.pass_fds, env=dict(self.env))
         log.info("stage process started", stage=child.stage, pid=child.proc.pid)
 
     async def watch(self) -> None:
