@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections import deque
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ from hub.store.repository import IntakeResult
 from hub.tls import server_context
 
 log = get_logger("hub.sources.mllp")
+_level_check = logging.getLogger("hub.sources.mllp")  # the stdlib logger under `log`
 
 CONTENT_TYPE = "application/hl7-v2"
 DEFAULT_MESSAGE_TYPES = [
@@ -334,7 +336,8 @@ class MllpSource:
                      message_id=result.id, message_type=header.message_type)
             if result.answer is not None:
                 return result.answer if self._wanted(header, ACCEPT) else None
-        else:
+        elif _level_check.isEnabledFor(logging.DEBUG):
+            # Checked here: a filtered structlog call still costs ~5 µs per message.
             log.debug("mllp message accepted", source=self.name, message_id=result.id,
                       message_type=header.message_type)
         return answer if self._wanted(header, ACCEPT) else None
@@ -631,7 +634,13 @@ class _Connection(asyncio.Protocol):
                 self.close_if_idle()
 
     def committed(self, future: asyncio.Future[IntakeResult]) -> None:
-        self.source._committed(self, future)
+        try:
+            self.source._committed(self, future)
+        except Exception:
+            log.exception("mllp connection failed", source=self.source.name, remote=self.ip)
+            self.busy = False
+            self.close()
+            self._release()
 
     def finish(self, answer: bytes | None) -> None:
         """The answer to the message in flight (None: none to send)."""
