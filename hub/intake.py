@@ -63,12 +63,19 @@ class Intake:
 
     async def submit(self, raw: RawMessage) -> IntakeResult:
         """Journal `raw`; returns once it is committed (or raises if it could not be)."""
+        return await self.submit_nowait(raw)
+
+    def submit_nowait(self, raw: RawMessage) -> asyncio.Future[IntakeResult]:
+        """Queue `raw` for the next group commit; the future settles once it is committed
+        (or with the reason it could not be). For protocol callbacks (the MLLP source)
+        that answer from the future's callback instead of a task per message. Must be
+        called on a running event loop."""
         if self._thread is None:
             raise RuntimeError("intake is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IntakeResult] = loop.create_future()
         self._queue.put(_Pending(raw, future, loop))
-        return await future
+        return future
 
     def submit_sync(self, raw: RawMessage) -> IntakeResult:
         """Journal one message from synchronous code (replay, CLI), committing at once."""

@@ -392,6 +392,19 @@ async def test_many_concurrent_connections(start):
     await hub.sources["lab"].stop()
 
 
+async def test_frames_sent_back_to_back_are_answered_in_order_then_eof(lab):
+    """A sender that writes many frames at once (more than the source reads ahead before
+    it pauses reading) and then half-closes gets every ACK, in order, then the close."""
+    hub, port = lab
+    client = await Client.connect(port)
+    controls = [f"B-{i}" for i in range(40)]
+    await client.send(b"".join(frame(msg(c).encode()) for c in controls), raw=True)
+    client.writer.write_eof()
+    assert [msa(await client.ack())[2] for _ in controls] == controls
+    assert await client.closed_by_peer()
+    assert [r[0] for r in rows(hub)] == [f"EPJ|KOMMUNE|{c}" for c in controls]
+
+
 async def test_connection_limits(start):
     hub, port = await start(max_connections=3, max_connections_per_ip=2)
     a, b = await Client.connect(port), await Client.connect(port)
