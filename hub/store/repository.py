@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.sql.elements import BindParameter
 
 from hub.domain.model import (
     REPROCESSABLE_STATES,
@@ -604,7 +605,7 @@ class Repository:
         # One executemany per kind for the whole batch (sorted: the same lock order in
         # every worker), not one statement built and compiled per device.
         if seen:
-            when = bindparam("b_when")
+            when: BindParameter[datetime] = bindparam("b_when")
             conn.execute(
                 update(DEV).where(
                     DEV.c.source == bindparam("b_source"),
