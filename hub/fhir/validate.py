@@ -218,10 +218,14 @@ def _skeleton(value: Any, leaves: list[Any]) -> Any:
     """The shape of a JSON value (keys, list lengths, leaf types, resourceType); its leaf
     values are appended to `leaves` in a fixed order (sorted keys, depth first)."""
     if isinstance(value, dict):
-        return tuple((key, value[key] if key == "resourceType" else _skeleton(value[key], leaves))
-                     for key in sorted(value))
+        shape: list[Any] = []
+        for key in sorted(value):
+            item = value[key]
+            shape.append(key)
+            shape.append(item if key == "resourceType" else _skeleton(item, leaves))
+        return tuple(shape)
     if isinstance(value, list):
-        return ("list", *(_skeleton(v, leaves) for v in value))
+        return ("list", *[_skeleton(item, leaves) for item in value])
     leaves.append(value)
     return type(value)
 
