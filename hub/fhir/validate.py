@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import types
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from hub.domain.privacy import HNR_SYSTEM, HNR_TYPE_SYSTEM, PERSON_ID_SYSTEMS, person_id_problem
 from hub.errors import ValidationFailure
@@ -76,12 +78,159 @@ def warm_up() -> None:
 
 
 def _check(model: Any, data: Any, where: str, problems: list[str]) -> None:
+    if _SHAPES.known_valid(model, data):
+        return
     try:
         model.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             loc = ".".join(str(p) for p in err["loc"])
             problems.append(f"{where}.{loc}: {err['msg']}")
+
+
+# ---------------------------------------------------------------------------------------
+# Validation once per shape
+# ---------------------------------------------------------------------------------------
+
+class _Unresolvable(Exception):
+    """A leaf whose FHIR primitive type cannot be told from the models alone."""
+
+
+_Leaf = Callable[[Any], Any]
+_Skeleton = tuple[Any, ...]
+
+
+class ShapeCache:
+    """Full fhir.resources validation once per *shape*, then only the values that differ.
+
+    The mappers build resources from fixed templates: the keys, list lengths and value
+    types (the shape) are the same for every alarm, only some values (ids, times, codes,
+    identifiers) change. Everything fhir.resources checks about the structure (unknown
+    keys, which choice of `value[x]`, required elements, null or empty elements, the
+    resourceType) depends on the shape alone, and each primitive value is checked on its
+    own by its type (`Id`, `DateTime`, `Code`, ...). So once one instance of a shape has
+    passed full validation, another instance of the same shape is valid exactly when each
+    primitive value that differs from that instance passes its own type's validator, which
+    is the very validator fhir.resources runs for that element (the field's annotation,
+    through a pydantic TypeAdapter). If any value fails, or a leaf's type cannot be told
+    from the model (a polymorphic `contained` resource, say), the full validation runs, so
+    the problems reported are always fhir.resources' own.
+    """
+
+    def __init__(self, max_shapes: int = 512) -> None:
+        self.max_shapes = max_shapes
+        # (model, skeleton) -> (the validated instance's leaf values, each leaf's validator)
+        self._shapes: dict[tuple[Any, _Skeleton], tuple[list[Any], list[_Leaf]]] = {}
+        self._adapters: dict[Any, _Leaf] = {}
+        self._fields: dict[Any, dict[str, Any]] = {}
+
+    def known_valid(self, model: Any, data: Any) -> bool:
+        """True if `data` is valid for `model` without running the model; False means
+        "not known": validate it fully (it is remembered if it passes)."""
+        if not isinstance(data, dict):
+            return False
+        leaves: list[Any] = []
+        skeleton = _skeleton(data, leaves)
+        known = self._shapes.get((model, skeleton))
+        if known is not None:
+            values, validators = known
+            for value, seen, validate in zip(leaves, values, validators, strict=True):
+                if value != seen:
+                    try:
+                        validate(value)
+                    except (ValidationError, ValueError, TypeError):
+                        return False
+            return True
+        try:
+            model.model_validate(data)
+        except ValidationError:
+            return False
+        try:
+            validators = self._leaf_validators(model, data)
+        except _Unresolvable:
+            return True  # valid, but this shape is always validated in full
+        if len(self._shapes) >= self.max_shapes:
+            self._shapes.clear()
+        self._shapes[(model, skeleton)] = (leaves, validators)
+        return True
+
+    def _leaf_validators(self, model: Any, data: dict[str, Any]) -> list[_Leaf]:
+        """One validator per leaf of `data`, in the order `_skeleton` lists the leaves."""
+        out: list[_Leaf] = []
+        self._walk_model(model, data, out)
+        return out
+
+    def _walk_model(self, model: Any, data: dict[str, Any], out: list[_Leaf]) -> None:
+        fields = self._field_map(model)
+        for key in sorted(data):
+            value = data[key]
+            if key == "resourceType":
+                continue  # part of the skeleton: checked by the shape itself
+            if key not in fields:
+                raise _Unresolvable(key)
+            self._walk_value(fields[key], value, out)
+
+    def _walk_value(self, annotation: Any, value: Any, out: list[_Leaf]) -> None:
+        annotation = _strip_optional(annotation)
+        if isinstance(value, list):
+            if typing.get_origin(annotation) is not list:
+                raise _Unresolvable(annotation)
+            (item,) = typing.get_args(annotation)
+            for element in value:
+                self._walk_value(item, element, out)
+        elif isinstance(value, dict):
+            klass = getattr(annotation, "get_model_klass", None)
+            model = klass() if klass is not None else None
+            if not (isinstance(model, type) and issubclass(model, BaseModel)) \
+                    or model.__name__ in ("Resource", "DomainResource"):
+                raise _Unresolvable(annotation)  # polymorphic: the type is in the data
+            self._walk_model(model, value, out)
+        else:
+            if typing.get_origin(annotation) is not typing.Annotated:
+                raise _Unresolvable(annotation)
+            adapter = self._adapters.get(annotation)
+            if adapter is None:
+                adapter = self._adapters[annotation] = TypeAdapter(annotation).validate_python
+            out.append(adapter)
+
+    def _field_map(self, model: Any) -> dict[str, Any]:
+        fields = self._fields.get(model)
+        if fields is None:
+            fields = {}
+            for name, info in model.model_fields.items():
+                fields[name] = info.annotation  # populate_by_name: the name works too
+                if info.alias:
+                    fields[info.alias] = info.annotation
+            self._fields[model] = fields
+        return fields
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise _Unresolvable(annotation)
+        return args[0]
+    return annotation
+
+
+def _skeleton(value: Any, leaves: list[Any]) -> Any:
+    """The shape of a JSON value (keys, list lengths, leaf types, resourceType); its leaf
+    values are appended to `leaves` in a fixed order (sorted keys, depth first)."""
+    if isinstance(value, dict):
+        shape: list[Any] = []
+        for key in sorted(value):
+            item = value[key]
+            shape.append(key)
+            shape.append(item if key == "resourceType" else _skeleton(item, leaves))
+        return tuple(shape)
+    if isinstance(value, list):
+        return ("list", *[_skeleton(item, leaves) for item in value])
+    leaves.append(value)
+    return type(value)
+
+
+_SHAPES = ShapeCache()
 
 
 def validate_bundle(bundle: dict[str, Any], mappings: MappingStore) -> None:

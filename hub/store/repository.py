@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.sql.elements import BindParameter
 
 from hub.domain.model import (
     REPROCESSABLE_STATES,
@@ -601,20 +602,29 @@ class Repository:
             for system, value, mtype, at in o.measured:
                 key = (system, value, mtype)
                 measured[key] = max(at, measured.get(key, at))
-        for (source, device_id), at in sorted(seen.items()):
-            when = to_db(at)
-            conn.execute(update(DEV).where(
-                DEV.c.source == source, DEV.c.device_id == device_id,
-                or_(DEV.c.last_seen_at.is_(None), DEV.c.last_seen_at < when),
-            ).values(last_seen_at=when, no_contact_at=None))
-        for (system, value, mtype), at in sorted(measured.items()):
-            when = to_db(at)
-            conn.execute(self._insert(MS).values(
-                patient_system=system, patient_value=value, type=mtype, last_at=when,
-            ).on_conflict_do_update(
-                index_elements=["patient_system", "patient_value", "type"],
-                set_={"last_at": when, "missing_alerted_at": None},
-                where=MS.c.last_at < when))
+        # One executemany per kind for the whole batch (sorted: the same lock order in
+        # every worker), not one statement built and compiled per device.
+        if seen:
+            when: BindParameter[datetime] = bindparam("b_when")
+            conn.execute(
+                update(DEV).where(
+                    DEV.c.source == bindparam("b_source"),
+                    DEV.c.device_id == bindparam("b_device"),
+                    or_(DEV.c.last_seen_at.is_(None), DEV.c.last_seen_at < when),
+                ).values(last_seen_at=when, no_contact_at=None),
+                [{"b_source": source, "b_device": device_id, "b_when": to_db(at)}
+                 for (source, device_id), at in sorted(seen.items())])
+        if measured:
+            stmt = self._insert(MS).values(
+                patient_system=bindparam("b_system"), patient_value=bindparam("b_value"),
+                type=bindparam("b_type"), last_at=bindparam("b_when"))
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["patient_system", "patient_value", "type"],
+                    set_={"last_at": stmt.excluded.last_at, "missing_alerted_at": None},
+                    where=MS.c.last_at < stmt.excluded.last_at),
+                [{"b_system": system, "b_value": value, "b_type": mtype, "b_when": to_db(at)}
+                 for (system, value, mtype), at in sorted(measured.items())])
 
     def _save_outcome(self, conn: Connection, worker: str, outcome: MessageOutcome,
                       now: datetime) -> bool:

@@ -97,3 +97,42 @@ def test_encounter_mode_is_required_of_vkp_profiled_encounters_only(bundle):
     validate_bundle(bundle, MAPPINGS)
     enc["participant"][0]["type"] = []  # still exactly one type, profile or not
     assert any("participant[0].type: exactly one is required" in p for p in problems(bundle))
+
+
+# Validation once per shape (hub.fhir.validate.ShapeCache): after a bundle of the same
+# shape passed full validation, the values that differ are still checked by their own
+# FHIR types, and a bad one gets fhir.resources' own error from a full validation.
+
+@pytest.mark.parametrize(("rtype", "path", "bad", "expected"), [
+    ("DetectedIssue", ("identifiedDateTime",), "2026-13-40T25:00:00+01:00",
+     "identifiedDateTime"),
+    ("Encounter", ("period", "start"), "yesterday", "period.start"),
+    ("DetectedIssue", ("id",), "not a valid id!", "DetectedIssue).id"),
+    ("Composition", ("date",), "2026-11-20 21:14", "date"),
+    ("DetectedIssue", ("severity",), "  high", "severity"),
+])
+def test_a_bad_value_in_a_known_shape_is_still_rejected(bundle, rtype, path, bad, expected):
+    validate_bundle(bundle, MAPPINGS)  # the shape is known from here on
+    again = copy.deepcopy(bundle)
+    target = resource(again, rtype)
+    for key in path[:-1]:
+        target = target[key]
+    assert isinstance(target[path[-1]], str)  # same type: the same shape as the valid one
+    target[path[-1]] = bad
+    found = problems(again)
+    assert any(expected in p for p in found), found
+
+
+def test_changed_values_of_a_known_shape_are_accepted_when_valid(bundle):
+    validate_bundle(bundle, MAPPINGS)
+    again = copy.deepcopy(bundle)
+    resource(again, "DetectedIssue")["identifiedDateTime"] = "2027-01-02T03:04:05+01:00"
+    resource(again, "Encounter")["period"]["start"] = "2027-01-02T03:04:05+01:00"
+    validate_bundle(again, MAPPINGS)
+
+
+def test_a_new_key_in_a_known_shape_gets_the_full_validation(bundle):
+    validate_bundle(bundle, MAPPINGS)
+    again = copy.deepcopy(bundle)
+    resource(again, "DetectedIssue")["notAnElement"] = "x"
+    assert any("notAnElement" in p for p in problems(again))
