@@ -17,7 +17,7 @@ export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
 export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
 export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
 
-.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum bench bench-mllp bench-flood bench-backlog bench-memory bench-alarm bench-scaleout bench-startup chaos clean
+.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum wrk bench bench-medplum bench-mllp bench-flood bench-backlog bench-memory bench-alarm bench-scaleout bench-startup chaos clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -65,10 +65,17 @@ test: $(STAMP) peers lint typecheck
 	$(BIN)/pytest
 
 # Load generator: wrk from Debian (the client must not be the bottleneck).
-bench: $(STAMP)
+wrk:
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk; }
+
+bench: $(STAMP) wrk
 	$(BIN)/python bench/ingest_e2e.py --runs 5 --seconds 10
+
+# End to end to the Medplum FHIR engine, beside Medplum's own ceiling (same transactions
+# posted straight to it).
+bench-medplum: $(STAMP) medplum wrk
+	$(BIN)/python bench/medplum_e2e.py --runs 3 --seconds 10
 
 # MLLP ingest: the hub's mllp source (durable) vs hl7apy's and python-hl7's servers.
 bench-mllp: $(STAMP)

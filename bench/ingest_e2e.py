@@ -24,6 +24,7 @@ Results: printed as Markdown and saved in bench/out/; see bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,6 +94,7 @@ type = "fhir-rest"
 base_url = "{receiver}/fhir/R4"
 concurrency = 16
 batch_size = 128
+events_per_request = {events_per_request}
 [[routes]]
 name = "alarms"
 match = {{ categories = ["safety_alarm"] }}
@@ -141,7 +144,8 @@ def prepare(tmp: Path, port: int, receiver_url: str, args: argparse.Namespace) -
     config = tmp / "bench.toml"
     config.write_text(CONFIG.format(mappings=ROOT / "mappings", tmp=tmp, port=port,
                                     receiver=receiver_url, log_level=args.log_level,
-                                    processes=args.processing_processes))
+                                    processes=args.processing_processes,
+                                    events_per_request=args.events_per_request))
     db = open_database(f"sqlite:///{tmp}/hub.db")
     upgrade(db)
     repo = Repository(db)
@@ -151,13 +155,47 @@ def prepare(tmp: Path, port: int, receiver_url: str, args: argparse.Namespace) -
     return config
 
 
-def wait_ready(base: str) -> None:
-    for _ in range(300):
+def wait_ready(base: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             urllib.request.urlopen(f"{base}/readyz", timeout=1)
             return
         except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{base}/readyz did not answer within {timeout:g} s") from None
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serve(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `tryggbro serve` on the config, logging to log_path; SIGTERM on the way out."""
+    env = {**os.environ, "BENCH_SOURCE_KEY": KEY}
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "hub.cli", "--config", str(config),
+                                   "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield server
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
+
+
+def wait_drained(base: str, timeout: float = 600.0, poll: float = 0.05) -> int:
+    """Wait until every accepted event is processed and delivered; the accepted count.
+    Each poll reads /metrics, which costs the server CPU: poll slowly on long drains."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = status(f"{base}/metrics")
+        if counts["unprocessed"] == 0 and counts["delivered"] == counts["processed"]:
+            return int(counts["processed"])
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not drained within {timeout:g} s: {counts}")
+        time.sleep(poll)
 
 
 def ingest_alone(args: argparse.Namespace, index: int) -> dict[str, float]:
@@ -205,12 +243,8 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, float]:
     port = free_port()
     with RecordingReceiver() as receiver:
         config = prepare(tmp, port, receiver.url, args)
-        env = {**os.environ, "BENCH_SOURCE_KEY": KEY}
-        log = (tmp / "serve.log").open("wb")
-        server = subprocess.Popen([sys.executable, "-m", "hub.cli", "--config", str(config),
-                                   "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{port}"
-        try:
+        with serve(config, tmp / "serve.log") as server:
             wait_ready(base)
             script = tmp / "post.lua"
             script.write_text(LUA)
@@ -222,13 +256,7 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, float]:
             intake_cpu = cpu_seconds(server.pid) - cpu0
             # wrk does not count requests still in flight at its deadline; the server
             # accepted them, so the journal is the count of accepted events.
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                counts = status(f"{base}/metrics")
-                if counts["unprocessed"] == 0 and counts["delivered"] == counts["processed"]:
-                    break
-                time.sleep(0.05)
-            accepted = int(counts["processed"])
+            accepted = wait_drained(base)
             assert accepted >= load["requests"], (accepted, load)
             requests = receiver.requests()
             issues = [e["resource"]["id"] for r in requests
@@ -238,10 +266,6 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, float]:
                 raise SystemExit(f"receiver has {len(set(issues))} alarms for {accepted} events")
             last = max(r.time for r in requests)
             health = wrk(f"{base}/healthz", args.seconds // 2 or 1, args.connections, None, {})
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-            log.close()
         receiver_alone = wrk(f"{receiver.url}/fhir/R4/", args.seconds // 2 or 1,
                              args.connections, None, {})
     shutil.rmtree(tmp, ignore_errors=True)
@@ -271,6 +295,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--processing-processes", type=int, default=2)
+    parser.add_argument("--events-per-request", type=int, default=25,
+                        help="the fhir-rest destination's events_per_request")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk (make bench does it)")

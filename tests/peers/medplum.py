@@ -114,6 +114,13 @@ class MedplumPeer:
         return f"http://{HOST}:{self.port}{BASE_PATH}"
 
     @property
+    def pid(self) -> int:
+        """Process id of the node server (for CPU accounting in benchmarks)."""
+        if self._proc is None:
+            raise MedplumPeerError("MedplumPeer is not started")
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         """True while the node process is alive."""
         return self._proc is not None and self._proc.poll() is None
