@@ -78,10 +78,12 @@ EN: Table = EnrolmentRecord.__table__  # type: ignore[attr-defined]
 MS: Table = MeasurementSeen.__table__  # type: ignore[attr-defined]
 DS: Table = DestinationStatus.__table__  # type: ignore[attr-defined]
 
-# Deliveries of messages accepted after a message still being processed wait for it, so
-# per-key order holds with several processors; a message stuck longer than this stops
-# holding others back (it is failing visibly on its own).
-ORDER_BARRIER_SECONDS = 10.0
+# The order barrier: deliveries of messages accepted after a message not yet processed
+# wait for it, because its order key (the patient) is unknown until it is parsed; so
+# per-key order holds with several processors. It has no age limit: after an outage the
+# whole backlog is old, and two processors finish its batches out of order. A message
+# that cannot be processed stops holding others back when it fails (`max_attempts`
+# claims, each bounded by the processing lease), which is visible on its own.
 
 log = get_logger("hub.store")
 
@@ -713,7 +715,6 @@ class Repository:
             barrier = conn.execute(
                 select(func.min(J.c.id)).where(
                     J.c.state.in_([MessageState.RECEIVED.value, MessageState.PROCESSING.value]),
-                    J.c.received_at > now - timedelta(seconds=ORDER_BARRIER_SECONDS),
                 )
             ).scalar()
             # The head of each order key is its oldest unfinished delivery; only a head

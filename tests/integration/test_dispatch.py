@@ -251,3 +251,40 @@ async def test_order_per_patient_holds_with_two_processing_workers(tmp_path, db_
             seen[patient].append(alarm)
     for n, patient in enumerate(PATIENTS[:2]):
         assert seen[patient] == [f"A{i}" for i in range(60) if i % 2 == n]
+
+
+def test_an_old_message_still_in_processing_holds_back_newer_deliveries(tmp_path, db_url):
+    """Per-key order does not expire with age. After an outage of processing the backlog
+    is older than any time window, and two processors draining it finish batches out of
+    order: a delivery of a newer message may only be claimed once every older message
+    has been processed, however long ago it arrived."""
+    from sqlalchemy import update
+
+    from hub.store.repository import J
+
+    hub = build_hub(tmp_path, db_url,
+                    {"ehr": {"type": "fhir-rest", "base_url": "http://127.0.0.1:9/fhir"}},
+                    processing={"batch_size": 1})
+    try:
+        enrol(hub, "TA-0", PATIENTS[0])
+        first, second = ingest(hub, alarm_event("e1", "A1", "TA-0"),
+                               alarm_event("e2", "A2", "TA-0"))
+        with hub.repo.db.engine.begin() as conn:  # a backlog from an hour ago
+            conn.execute(update(J).values(
+                received_at=datetime(2026, 11, 22, 6, 0, tzinfo=UTC)))
+        # processor A takes the older message and is still busy with it
+        (held,) = hub.repo.claim_messages("processor-a", 1, 300.0, 5)
+        assert held.id == first
+        # processor B takes the newer one and finishes first
+        processor_b = hub.processor()
+        processor_b.worker = "processor-b"
+        assert processor_b.run_batch()[0] == 1
+        assert state_of(hub, second) == "pending"
+        assert hub.repo.claim_deliveries("ehr", "dispatcher", 10, 60.0) == []
+        # A's message is back (say A died) and processed: both go, the older first
+        hub.repo.release_leases("processor-a")
+        assert processor_b.run_batch()[0] == 1
+        claimed = hub.repo.claim_deliveries("ehr", "dispatcher", 10, 60.0)
+        assert [c.message_id for c in claimed] == [first]
+    finally:
+        hub.close()
