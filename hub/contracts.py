@@ -44,6 +44,11 @@ class Adapter(Protocol):
 
     `parse` runs after the message is journaled and acknowledged. An exception fails
     only this message; it is kept and can be re-run after a fix.
+
+    An adapter of an alarm source may declare `intake_priority = Priority.ALARM` (a class
+    attribute, optional): its messages are journaled with that priority and processing
+    takes them ahead of other traffic. It only changes the order of processing; per-key
+    delivery order is kept regardless.
     """
 
     def intake_key(self, request: IntakeRequest) -> str | None: ...

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from hub.domain.model import RawMessage
 from hub.faults import crashpoint
@@ -38,10 +38,14 @@ class Intake:
     """The single path into the journal. `await submit(raw)` returns after the commit."""
 
     def __init__(self, repo: Repository, max_batch: int = 256,
-                 on_committed: Callable[[], None] | None = None) -> None:
+                 on_committed: Callable[[], None] | None = None,
+                 priorities: Mapping[str, int] | None = None) -> None:
         self.repo = repo
         self.max_batch = max_batch
         self.on_committed = on_committed
+        # Processing priority per source (its adapter's `intake_priority`): alarms are
+        # journalled so that processing takes them ahead of other traffic.
+        self.priorities: Mapping[str, int] = priorities or {}
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._writer: JournalWriter | None = None
@@ -74,12 +78,18 @@ class Intake:
             raise RuntimeError("intake is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[IntakeResult] = loop.create_future()
-        self._queue.put(_Pending(raw, future, loop))
+        self._queue.put(_Pending(self._prioritised(raw), future, loop))
         return future
 
     def submit_sync(self, raw: RawMessage) -> IntakeResult:
         """Journal one message from synchronous code (replay, CLI), committing at once."""
-        return self.repo.insert_messages([raw])[0]
+        return self.repo.insert_messages([self._prioritised(raw)])[0]
+
+    def _prioritised(self, raw: RawMessage) -> RawMessage:
+        priority = self.priorities.get(raw.source)
+        if priority is None or priority == raw.priority:
+            return raw
+        return replace(raw, priority=priority)
 
     def _run(self) -> None:
         while True:

@@ -33,6 +33,7 @@ from hub.contracts import (
     SourceType,
 )
 from hub.dispatch import Dispatcher
+from hub.domain.model import Priority
 from hub.errors import ConfigError
 from hub.intake import Intake
 from hub.logging import get_logger
@@ -122,6 +123,13 @@ def require_signing_libraries(config: Config) -> None:
             return
 
 
+def intake_priorities(adapters: Mapping[str, Adapter]) -> dict[str, int]:
+    """Processing priority per source: its adapter's `intake_priority` (alarm adapters
+    declare `Priority.ALARM`), the normal priority otherwise."""
+    return {name: int(getattr(adapter, "intake_priority", Priority.NORMAL))
+            for name, adapter in adapters.items()}
+
+
 def worker_id(instance: str, pid: int | None = None) -> str:
     """Lease owner name: instance, host and process, unique among live workers."""
     return f"{instance}@{socket.gethostname()}:{pid or os.getpid()}"
@@ -148,7 +156,8 @@ class Hub:
         self.destinations: dict[str, Destination] = {}
         # Destinations built for processing's hub_patient_context (register_enrichers).
         self.enrichers: dict[str, Any] = {}
-        self.intake = Intake(self.repo, config.intake.max_batch, on_committed=self._wake_processor)
+        self.intake = Intake(self.repo, config.intake.max_batch, on_committed=self._wake_processor,
+                             priorities=intake_priorities(self.adapters))
         self.sources: dict[str, Source] = {}
         # Sources hold their senders' secrets: only the process that serves them needs
         # them (an operator's `tryggbro status` must not).
@@ -422,14 +431,15 @@ class Hub:
             # Cleared before the round, so a wake-up during the round is not lost.
             self._processor_wake.clear()
             try:
-                handled, deliveries = await asyncio.to_thread(processor.run_batch)
+                handled, _ = await asyncio.to_thread(processor.run_batch)
             except Exception:
                 log.exception("processing round failed; retrying")
-                handled, deliveries = 0, 0
+                handled = 0
                 await asyncio.sleep(poll)
-            if deliveries:
-                self._wake_dispatchers()
             if handled:
+                # Even a batch that planned no deliveries may lift the order barrier that
+                # held back deliveries of newer messages (an alarm's), so dispatch looks.
+                self._wake_dispatchers()
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._processor_wake.wait(), timeout=poll)

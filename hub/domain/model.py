@@ -74,6 +74,10 @@ class RawMessage:
     received_at: datetime
     transport: Mapping[str, str] = field(default_factory=dict)
     answer: bytes | None = None
+    # Processing order only (higher first): intake sets it from the source's adapter
+    # (`intake_priority`), so alarms are processed ahead of a backlog of other traffic.
+    # Per-key delivery order does not depend on it (the order barrier in dispatch).
+    priority: int = Priority.NORMAL
 
 
 @dataclass(frozen=True, slots=True)

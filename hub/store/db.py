@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 # not import Alembic at all: ~0.25 s of imports (Mako, Pygments) and ~0.1 s to read the
 # scripts, in every process of a `serve`. tests/integration/test_storage.py checks it
 # against Alembic's script directory, so a new migration that does not move it fails.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 _MIGRATION_LOCK_ID = 0x7472_7967  # "tryg": serialises start-up migrations on PostgreSQL

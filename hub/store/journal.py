@@ -50,7 +50,7 @@ CHECKPOINT_INTERVAL_S = 0.25  # at most this often, and only after commits
 TRUNCATE_WAIT_MS = 100  # the longest a TRUNCATE try may hold writers back
 
 _COLUMNS = ("source", "dedup_key", "body_sha256", "content_type", "body", "transport",
-            "received_at", "answer", "state", "attempts", "updated_at")
+            "received_at", "answer", "state", "attempts", "priority", "updated_at")
 
 
 class JournalWriter(Protocol):
@@ -104,8 +104,8 @@ class SqliteJournalWriter:
             updated if updated is not None else (lambda value: value))
         self._insert_sql = (
             "INSERT INTO journal (source, dedup_key, body_sha256, content_type, body, "
-            "transport, received_at, answer, state, attempts, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "transport, received_at, answer, state, attempts, priority, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (source, dedup_key) DO NOTHING RETURNING id")
         self._select_sql = ("SELECT id, body_sha256, answer FROM journal "
                             "WHERE source = ? AND dedup_key = ?")
@@ -116,7 +116,7 @@ class SqliteJournalWriter:
         values: list[Any] = [
             raw.source, raw.dedup_key, digest, raw.content_type, raw.body,
             json.dumps(dict(raw.transport), sort_keys=True), to_db(raw.received_at),
-            raw.answer, MessageState.RECEIVED.value, 0]
+            raw.answer, MessageState.RECEIVED.value, 0, int(raw.priority)]
         row = [v if conv is None or v is None else conv(v)
                for v, conv in zip(values, self._convert, strict=False)]
         row.append(updated_at)  # converted once per batch

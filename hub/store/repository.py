@@ -50,6 +50,7 @@ from hub.domain.model import (
     StoredMessage,
     TransportAction,
     TransportCheck,
+    is_alarm,
 )
 from hub.domain.privacy import PERSON_ID_SYSTEMS, safe_error_text
 from hub.errors import HubError
@@ -434,7 +435,14 @@ class Repository:
     def claim_messages(
         self, worker: str, limit: int, lease_seconds: float, max_attempts: int
     ) -> list[StoredMessage]:
-        """Lease up to `limit` received messages, oldest first.
+        """Lease up to `limit` received messages: highest priority first, oldest first
+        within a priority.
+
+        Alarms (priority ≥ `Priority.ALARM`, set at intake) come in a batch of their own,
+        not topped up with other traffic: the batch is committed as a whole, so every
+        message added to it would delay the alarm. Other levels fill the batch from the
+        highest down. Priority decides only which messages are processed first; the
+        order of deliveries per key is kept by dispatch (`claim_deliveries`).
 
         A message claimed more than `max_attempts` times (its processing kept crashing)
         is failed instead, with the reason kept.
@@ -448,17 +456,32 @@ class Repository:
                 .values(state=MessageState.RECEIVED.value, lease_owner=None, lease_until=None,
                         updated_at=now)
             )
-            candidates = (
-                select(J.c.id)
-                .where(J.c.state == MessageState.RECEIVED.value)
-                .order_by(J.c.id)
-                .limit(limit)
-            )
-            if not self.db.is_sqlite:
-                candidates = candidates.with_for_update(skip_locked=True)
+            received = J.c.state == MessageState.RECEIVED.value
+            ids: list[int] = []
+            # One priority level at a time, so ix_journal_state_priority_id gives the
+            # order and each probe reads only the rows it takes.
+            level = conn.execute(select(func.max(J.c.priority)).where(received)).scalar()
+            top = level
+            while level is not None and len(ids) < limit:
+                candidates = (
+                    select(J.c.id)
+                    .where(received, J.c.priority == level)
+                    .order_by(J.c.id)
+                    .limit(limit - len(ids))
+                )
+                if not self.db.is_sqlite:
+                    # Several workers: rows another worker is claiming are skipped.
+                    candidates = candidates.with_for_update(skip_locked=True)
+                ids += conn.execute(candidates).scalars()
+                if ids and top is not None and is_alarm(top):
+                    break
+                level = conn.execute(select(func.max(J.c.priority))
+                                     .where(received, J.c.priority < level)).scalar()
+            if not ids:
+                return []
             rows = conn.execute(
                 update(J)
-                .where(J.c.id.in_(candidates.scalar_subquery()))
+                .where(J.c.id.in_(ids), received)
                 .values(state=MessageState.PROCESSING.value, lease_owner=worker,
                         lease_until=until, attempts=J.c.attempts + 1, updated_at=now)
                 .returning(J.c.id, J.c.source, J.c.dedup_key, J.c.content_type, J.c.body,
@@ -1200,7 +1223,7 @@ class Repository:
             "body_bytes": len(j.body), "received_at": from_db(j.received_at),
             "transport": json.loads(j.transport or "{}"), "state": j.state,
             "reason": j.state_reason, "processing_attempts": j.attempts,
-            "processed_at": from_db(j.processed_at),
+            "priority": j.priority, "processed_at": from_db(j.processed_at),
             "events": [
                 {"id": e.id, "seq": e.seq, "kind": e.kind, "category": e.category,
                  "code": e.code, "device_id": e.device_id,
@@ -1487,7 +1510,7 @@ def _journal_row(raw: RawMessage, digest: str, now: datetime) -> dict[str, Any]:
         "content_type": raw.content_type, "body": raw.body,
         "transport": json.dumps(dict(raw.transport), sort_keys=True),
         "received_at": to_db(raw.received_at), "answer": raw.answer,
-        "state": MessageState.RECEIVED.value,
+        "state": MessageState.RECEIVED.value, "priority": int(raw.priority),
         "attempts": 0, "updated_at": now,
     }
 

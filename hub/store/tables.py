@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, LargeBinary, MetaData, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, Integer, LargeBinary, MetaData, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # Stable constraint names on both SQLite and PostgreSQL (Alembic batch mode needs them).
@@ -28,6 +28,7 @@ class Journal(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("source", "dedup_key"),
         Index("ix_journal_state_id", "state", "id"),
+        Index("ix_journal_state_priority_id", "state", "priority", "id"),
         Index("ix_journal_received_at", "received_at"),
     )
 
@@ -40,6 +41,9 @@ class Journal(SQLModel, table=True):
     transport: str = Field(default="{}", sa_column=Column(Text, nullable=False,
                                                           server_default=text("'{}'")))
     received_at: datetime
+    # Processing takes the highest priority first (alarm sources: hub.domain.model.Priority).
+    priority: int = Field(default=50, sa_column=Column(Integer, nullable=False,
+                                                       server_default=text("50")))
     # The answer the sender got (an HL7 ACK), stored with the message so that a resent
     # copy is answered with exactly the same bytes.
     answer: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))

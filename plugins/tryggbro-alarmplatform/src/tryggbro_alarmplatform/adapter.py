@@ -13,6 +13,7 @@ from hub.domain.model import (
     DeviceRef,
     Event,
     OrganisationRef,
+    Priority,
     StoredMessage,
     TimelineEntry,
 )
@@ -31,6 +32,9 @@ ACKNOWLEDGED = "3"  # vkp-composition-event: hendelse kvittert
 
 
 class AlarmPlatformAdapter:
+    # An alarm source: processing takes its messages ahead of other traffic.
+    intake_priority = Priority.ALARM
+
     def __init__(self, setup: AdapterSetup) -> None:
         table = setup.mappings.table(TABLE)
         self.source = setup.source

@@ -23,6 +23,7 @@ from hub.domain.model import (
     Event,
     OrganisationRef,
     Position,
+    Priority,
     StoredMessage,
 )
 from hub.errors import MappingError
@@ -39,6 +40,9 @@ _STATUS = {
 
 
 class LocationAdapter:
+    # An alarm source: processing takes its messages ahead of other traffic.
+    intake_priority = Priority.ALARM
+
     def __init__(self, setup: AdapterSetup) -> None:
         table = setup.mappings.table(TABLE)
         self.source = setup.source

@@ -18,6 +18,7 @@ from hub.domain.model import (
     Category,
     DeviceRef,
     Event,
+    Priority,
     StoredMessage,
     TimelineEntry,
 )
@@ -34,6 +35,9 @@ _STATUS = {
 
 
 class NurseCallAdapter:
+    # An alarm source: processing takes its messages ahead of other traffic.
+    intake_priority = Priority.ALARM
+
     def __init__(self, setup: AdapterSetup) -> None:
         table = setup.mappings.table(TABLE)
         self.source = setup.source

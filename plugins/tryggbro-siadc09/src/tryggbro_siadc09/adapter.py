@@ -25,6 +25,7 @@ from hub.domain.model import (
     Category,
     DeviceRef,
     Event,
+    Priority,
     StoredMessage,
     TimelineEntry,
 )
@@ -43,6 +44,9 @@ ALARM_CATEGORIES = {Category.SAFETY_ALARM, Category.SUPERVISION}
 
 
 class SiaDc09Adapter:
+    # An alarm source: processing takes its messages ahead of other traffic.
+    intake_priority = Priority.ALARM
+
     def __init__(self, setup: AdapterSetup) -> None:
         self.source = setup.source
         table = setup.mappings.table(TABLE)

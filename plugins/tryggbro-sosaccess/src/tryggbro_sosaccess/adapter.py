@@ -25,6 +25,7 @@ from hub.domain.model import (
     DeviceRef,
     Event,
     Position,
+    Priority,
     StoredMessage,
 )
 from hub.errors import ConfigError, InputError
@@ -53,6 +54,9 @@ def problem(exc: ProtocolError) -> InputError:
 
 
 class SosAccessAdapter:
+    # An alarm source: processing takes its messages ahead of other traffic.
+    intake_priority = Priority.ALARM
+
     def __init__(self, setup: AdapterSetup) -> None:
         table = setup.mappings.table(TABLE)
         self.source = setup.source

@@ -20,6 +20,7 @@ from hub.domain.model import (
     DeviceRef,
     EncounterReason,
     Event,
+    Priority,
     StoredMessage,
     TimelineEntry,
 )
@@ -41,6 +42,9 @@ ANONYMISED_IMAGE, IMAGE = "0", "1"  # vkp-encounter-mode
 
 
 class SupervisionAdapter:
+    # An alarm source: processing takes its messages ahead of other traffic.
+    intake_priority = Priority.ALARM
+
     def __init__(self, setup: AdapterSetup) -> None:
         table = setup.mappings.table(TABLE)
         self.source = setup.source
