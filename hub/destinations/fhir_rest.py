@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,10 +37,20 @@ from hub.auth.oauth import challenge_error
 from hub.contracts import DestinationType, RegisterDestination
 from hub.domain.delivery import parse_retry_after
 from hub.domain.model import OutboundDelivery, Outcome
+from hub.domain.privacy import safe_error_text
 from hub.errors import ConfigError
 from hub.httpclient import HttpClient, HttpResponse, TransportFailure, ssl_context
+from hub.logging import get_logger
+
+log = get_logger("hub.destinations.fhir_rest")
 
 FHIR_JSON = "application/fhir+json; fhirVersion=4.0"
+# After a merged transaction was refused although each of its events alone was accepted
+# (the server's limit on the size of a transaction), merged requests are kept to half its
+# entries for this long; then the configured limit is tried again.
+SHRUNK_LIMIT_SECONDS = 600.0
+# How much of the server's OperationOutcome text the refusal warning carries.
+REFUSAL_REASON_CHARS = 200
 
 
 class FhirRestSettings(BaseModel):
@@ -63,6 +74,11 @@ class FhirRestSettings(BaseModel):
     events_per_request: int = Field(
         25, ge=1, le=500,
         description="transaction mode: events of different patients sent in one transaction")
+    max_entries_per_request: int = Field(
+        50, ge=1, le=10_000,
+        description="transaction mode: at most this many entries (resources) in a merged "
+                    "transaction; an event with more is sent alone (Medplum refuses more "
+                    "than 50 updates in one transaction)")
 
     @model_validator(mode="after")
     def _auth_needs_token(self) -> FhirRestSettings:
@@ -146,6 +162,14 @@ class FhirRestDestination:
         self.name = name
         self.settings = settings
         self.events_per_request = settings.events_per_request
+        self.max_entries_per_request = settings.max_entries_per_request
+        # Counters, like the VKP enricher's: merged transactions sent, and those the server
+        # refused so that their events were sent one by one (dispatch may run in a stage
+        # process, so they are in this process and its log, not in /metrics).
+        self.merged_sent = 0
+        self.merged_refused = 0
+        self._shrunk_limit: int | None = None  # entries, after a refusal (see above)
+        self._shrunk_until = 0.0  # time.monotonic()
         self.authorizer = authorizer
         headers = {"accept": "application/fhir+json", "content-type": FHIR_JSON}
         verify: ssl.SSLContext | bool = tls if tls is not None else True
@@ -172,6 +196,35 @@ class FhirRestDestination:
         except AuthError as exc:
             return outcome_for_auth_error(exc)
 
+    def entry_limit(self) -> int:
+        """Entries allowed in one merged transaction now: the setting, or less for a while
+        after the server refused a merged transaction that its events alone passed."""
+        if self._shrunk_limit is not None:
+            if time.monotonic() < self._shrunk_until:
+                return min(self._shrunk_limit, self.max_entries_per_request)
+            self._shrunk_limit = None
+        return self.max_entries_per_request
+
+    def request_sizes(self, payloads: Sequence[bytes]) -> list[int]:
+        """How many of `payloads`, in order, go into each request: at most
+        `events_per_request` events and, unless one event alone has more, at most
+        `entry_limit()` entries. An event is never split across requests."""
+        if self.settings.mode != "transaction":
+            return [1] * len(payloads)
+        limit = self.entry_limit()
+        sizes: list[int] = []
+        events = entries = 0
+        for payload in payloads:
+            count = entry_count(payload)
+            if events and (events >= self.events_per_request or entries + count > limit):
+                sizes.append(events)
+                events = entries = 0
+            events += 1
+            entries += count
+        if events:
+            sizes.append(events)
+        return sizes
+
     async def send_many(self, deliveries: Sequence[OutboundDelivery]) -> list[Outcome]:
         """Send several events (one per patient, by per-key FIFO) in one transaction.
 
@@ -180,7 +233,9 @@ class FhirRestDestination:
         """
         if self.settings.mode != "transaction" or len(deliveries) == 1:
             return [await self.send(d) for d in deliveries]
-        merged = merge_transactions([d.payload for d in deliveries])
+        payloads = [d.payload for d in deliveries]
+        merged = merge_transactions(payloads)
+        self.merged_sent += 1
         try:
             response = await self._request("POST", "", merged)
         except TransportFailure as exc:
@@ -190,8 +245,32 @@ class FhirRestDestination:
             return [outcome_for_auth_error(exc)] * len(deliveries)
         outcome = outcome_for_response(response, datetime.now(UTC))
         if outcome.kind == "rejected":
-            return list(await asyncio.gather(*(self.send(d) for d in deliveries)))
+            alone = list(await asyncio.gather(*(self.send(d) for d in deliveries)))
+            self._merged_refused(response, sum(map(entry_count, payloads)), alone)
+            return alone
         return [outcome] * len(deliveries)
+
+    def _merged_refused(self, response: HttpResponse, entries: int,
+                        alone: Sequence[Outcome]) -> None:
+        """Count and log a refused merged transaction (its events were just sent alone).
+
+        When every event alone was delivered, the refusal was about the merge itself
+        (most likely the server's limit on entries per transaction), so merged requests
+        stay under half this size for `SHRUNK_LIMIT_SECONDS`. A refusal caused by a bad
+        event (one alone is refused too) says nothing about size and changes nothing."""
+        self.merged_refused += 1
+        shrunk = None
+        if all(o.kind == "delivered" for o in alone):
+            shrunk = max(1, min(entries // 2, self.entry_limit()))
+            self._shrunk_limit = shrunk
+            self._shrunk_until = time.monotonic() + SHRUNK_LIMIT_SECONDS
+        reason = safe_error_text(_diagnostics(response.body))[:REFUSAL_REASON_CHARS]
+        log.warning("merged transaction refused; its events were sent one by one",
+                    destination=self.name, events=len(alone), entries=entries,
+                    status=response.status, reason=reason,
+                    delivered_alone=sum(o.kind == "delivered" for o in alone),
+                    entry_limit=self.max_entries_per_request, shrunk_entry_limit=shrunk,
+                    refused_total=self.merged_refused)
 
     async def _put_each(self, delivery: OutboundDelivery) -> Outcome:
         bundle: dict[str, Any] = json.loads(delivery.payload)
@@ -234,6 +313,22 @@ def entry_items(payload: bytes) -> bytes | None:
     if not isinstance(head, dict) or head.get("resourceType") != "Bundle":
         return None
     return payload[at + len(_ENTRY):-2]
+
+
+def entry_count(payload: bytes) -> int:
+    """Entries of a transaction Bundle, without parsing it when processing wrote it.
+
+    ``{"fullUrl":`` opens every entry processing writes, and no FHIR resource but a
+    Bundle has a ``fullUrl`` key (inside a string its quotes would be escaped), so counting
+    it is exact for the hub's own payloads; any other payload is parsed."""
+    count = payload.count(b'{"fullUrl":')
+    if count:
+        return count
+    try:
+        entries = json.loads(payload).get("entry", [])
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return 1
+    return len(entries) if isinstance(entries, list) else 1
 
 
 def merge_transactions(payloads: Sequence[bytes]) -> bytes:

@@ -292,6 +292,14 @@ class MedplumPeer:
         parsed = json.loads(raw) if raw.strip() else None
         return status, {k.lower(): v for k, v in resp_headers}, parsed
 
+    def answers(self) -> dict[str, int]:
+        """How many answers the server gave so far, by ``"METHOD status"`` (``"POST 400"``),
+        since it started (the peer may be shared: compare two readings)."""
+        with urllib.request.urlopen(f"http://{HOST}:{self.port}/__peer/answers",
+                                    timeout=10) as resp:
+            counts: dict[str, int] = json.loads(resp.read())
+        return counts
+
     def search(self, resource_type: str, /, **params: ParamValue) -> list[dict[str, Any]]:
         """Search; return the matched resources.
 

@@ -1,14 +1,22 @@
 """Merging transaction bundles for one request by splicing their entry arrays' text
 (`hub.destinations.fhir_rest.merge_transactions`) gives exactly what parsing and
-re-encoding gives, and falls back to parsing for any other shape."""
+re-encoding gives, and falls back to parsing for any other shape. Groups are sized by
+`events_per_request` and `max_entries_per_request` (`request_sizes`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.destinations.fhir_rest import entry_items, merge_transactions
+from hub.destinations.fhir_rest import (
+    FhirRestSettings,
+    _factory,
+    entry_count,
+    entry_items,
+    merge_transactions,
+)
 from hub.fhir import transaction_bundle
 
 AT = datetime(2026, 11, 20, 21, 14, 3, tzinfo=UTC)
@@ -55,3 +63,26 @@ def test_other_shapes_are_parsed_not_spliced() -> None:
     assert entry_items(pretty) is None
     payloads = [not_last, nested_first, pretty, stored(bundle)]
     assert json.loads(merge_transactions(payloads)) == by_parsing(payloads)
+
+
+def test_entry_count_is_exact_without_parsing_the_hubs_payloads() -> None:
+    bundle = transaction_bundle("b", AT, TRICKY)
+    assert entry_count(stored(bundle)) == 2
+    assert entry_count(json.dumps(bundle, indent=2).encode()) == 2  # parsed
+    assert entry_count(stored(transaction_bundle("empty", AT, []))) == 0
+
+
+def test_request_sizes_stop_before_the_entry_limit_and_never_split_an_event() -> None:
+    alarm = stored(transaction_bundle("a", AT, [*TRICKY, TRICKY[0]]))  # 3 entries
+    big = stored(transaction_bundle("big", AT, TRICKY * 30))  # 60 entries
+    destination = _factory("ehr", FhirRestSettings(base_url="http://127.0.0.1:9/fhir",
+                                                   events_per_request=25,
+                                                   max_entries_per_request=50))
+    try:
+        assert destination.request_sizes([alarm] * 40) == [16, 16, 8]
+        assert destination.request_sizes([alarm, big, alarm]) == [1, 1, 1]
+        assert destination.request_sizes([big]) == [1]
+        destination.max_entries_per_request = 1000
+        assert destination.request_sizes([alarm] * 40) == [25, 15]  # events_per_request
+    finally:
+        asyncio.run(destination.aclose())

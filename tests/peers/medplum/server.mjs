@@ -19,9 +19,13 @@ const send = (res, status, body, headers = {}) => {
 };
 const oo = (code, diagnostics) => ({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code, diagnostics }] });
 
+// Answers given so far, by "METHOD status" (GET /__peer/answers): lets a test count refusals.
+const answers = {};
 http.createServer(async (req, res) => {
   try {
     const full = new URL(req.url, `http://${HOST}:${PORT}`);
+    if (full.pathname === '/__peer/answers') return send(res, 200, answers);
+    res.on('finish', () => { const key = `${req.method} ${res.statusCode}`; answers[key] = (answers[key] ?? 0) + 1; });
     if (!full.pathname.startsWith(BASE)) return send(res, 404, oo('not-found'));
     const chunks = []; for await (const c of req) chunks.push(c);
     const raw = Buffer.concat(chunks).toString('utf8');
