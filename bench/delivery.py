@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
+from bench.common import medians, save_runs  # noqa: E402
 from bench.ingest_e2e import wrk  # noqa: E402
 from hub.store.db import open_database, upgrade  # noqa: E402
 from hub.store.repository import Repository  # noqa: E402
@@ -617,12 +618,8 @@ def main() -> None:
         runs.append(result)
         print(f"run {i + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()),
               flush=True)
-    median = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"delivery-{args.command}-{stamp}.json").write_text(json.dumps(
-        {"args": vars(args), "runs": runs, "median": median}, indent=2))
+    median = medians(runs)
+    save_runs(f"delivery-{args.command}", {"args": vars(args), "runs": runs, "median": median})
     print(f"\n`bench/delivery.py {args.command}`, median of {args.runs} runs:\n")
     print("| measure | median | runs |")
     print("|---|---|---|")

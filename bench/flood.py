@@ -29,7 +29,6 @@ import json
 import os
 import random
 import re
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import stop_process  # noqa: E402
 from hub.hl7v2.framing import frame  # noqa: E402
 from hub.stages import STAGE_NICENESS  # noqa: E402
 from hub.store.db import open_database, upgrade  # noqa: E402
@@ -422,13 +422,7 @@ def run_flood(seconds: float, rate: float, seed: int = 20261122,
             result = asyncio.run(_drive(proc, ports, pools, rate, seconds, receiver, tmp,
                                         log))
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
     return result
 
 

@@ -31,19 +31,18 @@ import re
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import medians, save_runs, stop_process  # noqa: E402
 from bench.mllp_ingest import cpu_seconds  # noqa: E402
 from hub.store.db import open_database, upgrade  # noqa: E402
 from hub.store.repository import Repository  # noqa: E402
@@ -177,12 +176,7 @@ def serve(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         try:
             yield server
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
+            stop_process(server, timeout=60)
 
 
 def wait_drained(base: str, timeout: float = 600.0, poll: float = 0.05) -> int:
@@ -306,12 +300,8 @@ def main() -> None:
         runs.append(result)
         print(f"run {i + 1}: " + ", ".join(f"{k}={fmt(v)}" for k, v in result.items()),
               flush=True)
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"ingest_e2e-{stamp}.json").write_text(json.dumps(
-        {"args": vars(args), "runs": runs, "median": median}, indent=2))
+    median = medians(runs)
+    save_runs("ingest_e2e", {"args": vars(args), "runs": runs, "median": median})
     print(f"\nMedian of {args.runs} runs, {args.seconds} s of load each, "
           f"{args.connections} connections, log level {args.log_level}, "
           f"{args.processing_processes} processing process(es):\n")

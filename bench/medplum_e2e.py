@@ -32,19 +32,19 @@ import http.client
 import json
 import shutil
 import sqlite3
-import statistics
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import medians, save_runs  # noqa: E402
 from bench.delivery import cpu_seconds, descendants  # noqa: E402
 from bench.ingest_e2e import (  # noqa: E402
     DEVICES,
@@ -310,12 +310,8 @@ def main() -> None:
         runs.append(result)
         print(f"run {i + 1}: " + ", ".join(f"{k}={fmt(v)}" for k, v in result.items()),
               flush=True)
-    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"medplum_e2e-{stamp}.json").write_text(json.dumps(
-        {"args": vars(args), "runs": runs, "median": median}, indent=2))
+    median = medians(runs)
+    save_runs("medplum_e2e", {"args": vars(args), "runs": runs, "median": median})
     print(f"\nMedian of {args.runs} runs, {args.seconds} s of load each, {args.connections} wrk "
           f"connections, Medplum STRICT=1, {args.clients} direct clients, "
           f"{args.events_per_request} events per transaction:\n")

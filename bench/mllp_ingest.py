@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -40,12 +39,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import save_runs, stop_process  # noqa: E402
 from tests.peers.medplum import free_port  # noqa: E402
 from tests.peers.mllp import PEERS, _wait_listening  # noqa: E402
 
@@ -102,12 +101,7 @@ def server(kind: str, tmp: Path) -> Iterator[tuple[int, int]]:
         _wait_listening(proc, port, timeout=60)
         yield port, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
@@ -275,11 +269,7 @@ def main() -> None:
                 print(f"run {index + 1} {kind} c={connections}: {r['msgs_per_s']:.0f} msg/s, "
                       f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
                       f"server CPU {r['cpu_ms_per_msg']:.3f} ms/msg", flush=True)
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"mllp_ingest-{stamp}.json").write_text(json.dumps(
-        {"args": vars(args), "results": results}, indent=2))
+    save_runs("mllp_ingest", {"args": vars(args), "results": results})
     print(f"\nMedian of {args.runs} runs, {args.seconds:g} s each:\n")
     print("| server | connections | messages/s | ACK p50 ms | ACK p99 ms | server CPU ms/msg "
           "| msg/s runs |")

@@ -31,7 +31,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import stop_process  # noqa: E402
 from hub.hl7v2.framing import frame  # noqa: E402
 from tests.integration.helpers import alarm_event, body  # noqa: E402
 from tests.integration.test_mllp_source import msg  # noqa: E402
@@ -189,12 +189,7 @@ def one_run(source: Path, timeout: float) -> Run:
             for t in probes:
                 t.join()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
             log.close()
         if run.errors:
             tail = (tmp / "serve.log").read_text(errors="replace")[-2000:]
