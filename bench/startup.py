@@ -17,8 +17,8 @@ It also reads the serve process's own CPU time (utime + stime, /proc) when /read
 answers: wall times move with the load of a shared machine, the CPU spent until ready
 much less. Each figure is the median of `--runs` runs.
 
-Compare with another checkout (e.g. main, `git worktree add /tmp/main main`) with
-`--source /tmp/main`: that tree's `hub` package is put first on PYTHONPATH of the server
+Compare with another checkout (e.g. main, `git worktree add <dir> main`) with
+`--source <dir>`: that tree's `hub` package is put first on PYTHONPATH of the server
 (and of its stage children), the installed distributions (entry points) are shared.
 
 Usage: .venv/bin/python bench/startup.py [--runs 7] [--source DIR] [--timeout 120]
