@@ -2,7 +2,8 @@
 
 SQLite: WAL with ``synchronous=FULL`` on every connection (NORMAL may lose the last
 commits on power loss, reliability.md §1.3), writes in ``BEGIN IMMEDIATE`` so two writers
-never deadlock on a lock upgrade, and one owning process per database file.
+never deadlock on a lock upgrade, one write connection per process (writers queue in
+the pool, not in SQLite's busy handler), and one owning process per database file.
 PostgreSQL: ``synchronous_commit`` must not be ``off`` and ``fsync`` must be on.
 The gateway refuses to start when either check fails: an acknowledgement must mean the
 message is on disk.
@@ -89,7 +90,14 @@ def open_database(url: str, *, pool_size: int = 5, check: bool = True) -> Databa
                 "use a file path such as sqlite:///var/tryggbro.db"
             )
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        # One write connection per process: SQLite has one writer anyway, and threads that
+        # queue for the pool are woken the moment the last commit returns it, where
+        # BEGIN IMMEDIATE on a connection of their own would sleep in SQLite's busy
+        # handler (steps up to 100 ms) and lose the lock again and again to busier
+        # threads (a flapping destination's retries doubled a healthy one's latency).
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                               pool_size=1, max_overflow=0,
+                               pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         read_engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         for eng, begin in ((engine, _begin_immediate), (read_engine, _begin_deferred)):
             event.listen(eng, "connect", _sqlite_pragmas)

@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
 
 from hub.domain.model import (
     DeliveryState,
@@ -248,6 +249,51 @@ def test_operator_actions_and_their_refusals(repo):
     message_id = batch[0].message_id
     assert repo.reprocess(message_id) == "state-processed"
     assert repo.reprocess(999_999) == "not-found"
+
+
+def test_sqlite_writers_of_one_process_queue_for_its_write_connection(tmp_path):
+    """A second writer waits in the pool, not in SQLite's busy handler: it holds no
+    connection and issues no BEGIN IMMEDIATE while another holds the lock, and runs as
+    soon as that one commits.
+    (Polling the lock from a connection of its own, a writer sleeps in steps up to 100 ms
+    and loses the lock again and again to busier threads.)"""
+    db = open_database(f"sqlite:///{tmp_path}/hub.db")
+    upgrade(db)
+    repo = Repository(db)
+    begins: list[str] = []
+    # insert=True: before the listener that issues BEGIN IMMEDIATE (and would block).
+    event.listen(db.engine, "begin", lambda conn: begins.append(threading.current_thread().name),
+                 insert=True)
+    release, holding = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE journal SET state = state")
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_write_lock, name="holder")
+    waiter = threading.Thread(target=lambda: repo.insert_messages([raw("queued")]),
+                              name="waiter")
+    try:
+        holder.start()
+        assert holding.wait(10)
+        waiter.start()
+        time.sleep(0.3)  # room for the waiter to try: it must not reach SQLite
+        assert waiter.is_alive()
+        pool = db.engine.pool
+        assert isinstance(pool, QueuePool)
+        assert pool.checkedout() == 1  # the waiter has no connection of its own
+        assert begins == ["holder"]
+        release.set()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert begins == ["holder", "waiter"]
+        assert repo.status().messages == {"received": 1}
+    finally:
+        release.set()
+        holder.join(10)
+        db.dispose()
 
 
 @pytest.mark.pg
