@@ -17,7 +17,7 @@ export TRYGGBRO_ALARMPLATFORM_API_KEY ?= demo-alarmplatform-key
 export TRYGGBRO_ADMIN_VIEWER_TOKENS ?= demo-viewer-token
 export TRYGGBRO_ADMIN_OPERATOR_TOKENS ?= demo-operator-token
 
-.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum wrk bench bench-medplum bench-mllp bench-flood bench-backlog bench-memory bench-alarm bench-scaleout bench-startup chaos clean
+.PHONY: install run test lint typecheck peers postgres medplum node-hl7 peer-medplum wrk bench bench-medplum bench-mllp bench-flood bench-backlog bench-memory bench-alarm bench-scaleout bench-startup bench-flapping chaos clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,11 @@ bench-alarm: $(STAMP)
 
 bench-scaleout: $(STAMP) postgres
 	$(BIN)/python bench/delivery.py scaleout --runs 3
+
+# Recipe B's flapping destination, measured: a healthy destination's latency alone and
+# beside one that cycles through blackhole, refused, reset and 503.
+bench-flapping: $(STAMP)
+	$(BIN)/python bench/flapping.py --runs 8
 
 # Start-up: spawn -> /readyz, -> first durable ACK (webhook, MLLP), -> first delivery, for
 # `tryggbro serve` with the example config. Before/after: STARTUP_SOURCE=<other checkout>.
